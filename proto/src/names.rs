@@ -1,0 +1,57 @@
+//! JetStream streams, durable consumers, KV buckets and headers.
+//!
+//! docs/architecture.md lists the same names; keep both in step.
+
+/// Taps from reader devices (`tagpoll.reads.>`), de-duplicated by read id.
+pub const STREAM_READS: &str = "TAGPOLL_READS";
+/// Taps with their voter resolved (`tagpoll.identified.>`).
+pub const STREAM_IDENTIFIED: &str = "TAGPOLL_IDENTIFIED";
+/// The vote stream: one outcome per identified read (`tagpoll.outcomes.>`).
+pub const STREAM_VOTES: &str = "TAGPOLL_VOTES";
+
+/// Durable consumer of [`STREAM_READS`] shared by identity instances.
+pub const CONSUMER_IDENTITY: &str = "identity";
+/// Durable consumer of [`STREAM_IDENTIFIED`] used by the tally.
+pub const CONSUMER_TALLY: &str = "tally";
+
+/// Poll definitions, reader mappings, file-backend tags, event settings.
+pub const KV_CONFIG: &str = "tagpoll_config";
+/// Latest [`crate::v1::PollResults`] per poll.
+pub const KV_RESULTS: &str = "tagpoll_results";
+
+/// JetStream de-duplication header; we always set it to the read id.
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// Carries the read id on every message derived from a tap, for tracing.
+pub const HEADER_READ_ID: &str = "Tagpoll-Read-Id";
+
+/// KV keys inside [`KV_CONFIG`].
+pub mod config_keys {
+    /// Event-wide settings.
+    pub const EVENT: &str = "event";
+    /// Prefix of poll definition keys.
+    pub const POLL_PREFIX: &str = "poll.";
+    /// Prefix of reader mapping keys.
+    pub const READER_PREFIX: &str = "reader.";
+    /// Prefix of file-backend tag keys.
+    pub const TAG_PREFIX: &str = "tag.";
+
+    /// Key of a poll definition.
+    pub fn poll(poll_id: &str) -> String {
+        format!("{POLL_PREFIX}{poll_id}")
+    }
+
+    /// Key of a reader mapping.
+    pub fn reader(reader_id: &str) -> String {
+        format!("{READER_PREFIX}{reader_id}")
+    }
+
+    /// Key of a file-backend tag, UID as uppercase hex.
+    pub fn tag(uid_hex: &str) -> String {
+        format!("{TAG_PREFIX}{uid_hex}")
+    }
+}
+
+/// Key of a poll's results inside [`KV_RESULTS`].
+pub fn results_key(poll_id: &str) -> String {
+    format!("poll.{poll_id}")
+}

@@ -1,0 +1,76 @@
+//! Every NATS subject tagpoll uses, all under the `tagpoll.` prefix.
+//!
+//! Ids embedded here must have passed [`crate::ids::check_id`].
+
+/// Common prefix of every tagpoll subject.
+pub const PREFIX: &str = "tagpoll";
+
+/// Subject filter of [`crate::names::STREAM_READS`].
+pub const READS_ALL: &str = "tagpoll.reads.>";
+/// Subject filter of [`crate::names::STREAM_IDENTIFIED`].
+pub const IDENTIFIED_ALL: &str = "tagpoll.identified.>";
+/// Subject filter of [`crate::names::STREAM_VOTES`].
+pub const OUTCOMES_ALL: &str = "tagpoll.outcomes.>";
+/// All results snapshots.
+pub const RESULTS_ALL: &str = "tagpoll.results.*";
+/// All heartbeats.
+pub const HEARTBEAT_ALL: &str = "tagpoll.heartbeat.>";
+
+/// Poll id used in outcome subjects when the reader has no poll.
+pub const NO_POLL: &str = "_";
+
+/// A tap at `reader` on `device`.
+pub fn read(device: &str, reader: &str) -> String {
+    format!("tagpoll.reads.{device}.{reader}")
+}
+
+/// An identified tap at `reader` on `device`.
+pub fn identified(device: &str, reader: &str) -> String {
+    format!("tagpoll.identified.{device}.{reader}")
+}
+
+/// The outcome of a tap at `reader`, counted (or not) in `poll`.
+pub fn outcome(poll: &str, reader: &str) -> String {
+    let poll = if poll.is_empty() { NO_POLL } else { poll };
+    format!("tagpoll.outcomes.{poll}.{reader}")
+}
+
+/// Outcomes for one reader, whatever poll: the reader's feedback filter.
+pub fn outcomes_for_reader(reader: &str) -> String {
+    format!("tagpoll.outcomes.*.{reader}")
+}
+
+/// Outcomes of one poll.
+pub fn outcomes_for_poll(poll: &str) -> String {
+    format!("tagpoll.outcomes.{poll}.*")
+}
+
+/// Results snapshots of one poll.
+pub fn results(poll: &str) -> String {
+    format!("tagpoll.results.{poll}")
+}
+
+/// Heartbeat of a service or device instance; `kind` is "service" or "device".
+pub fn heartbeat(kind: &str, name: &str, instance: &str) -> String {
+    format!("tagpoll.heartbeat.{kind}.{name}.{instance}")
+}
+
+/// Request/reply: every service instance answers with its live status.
+pub const ADMIN_STATUS: &str = "tagpoll.admin.status";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_prefixed_and_nest_under_their_filters() {
+        assert_eq!(read("dev1", "r1"), "tagpoll.reads.dev1.r1");
+        assert_eq!(identified("dev1", "r1"), "tagpoll.identified.dev1.r1");
+        assert_eq!(outcome("p", "r1"), "tagpoll.outcomes.p.r1");
+        assert_eq!(outcome("", "r1"), "tagpoll.outcomes._.r1");
+        assert_eq!(results("p"), "tagpoll.results.p");
+        for s in [read("a", "b"), outcome("a", "b"), results("a")] {
+            assert!(s.starts_with("tagpoll."));
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Shared NATS plumbing for every tagpoll service.
+//!
+//! # Layout
+//! - [`connect`]: connection options from the environment (`NATS_URL`, credentials).
+//! - [`topology`]: creates the JetStream streams and KV buckets every service relies on.
+//! - [`config`]: a live, typed view of the event configuration kept in KV.
+//! - [`publish`]: durable publishes that only count once JetStream acknowledged them.
+//! - [`heartbeat`]: periodic liveness messages.
+//! - [`telemetry`]: tracing set-up shared by the binaries.
+//!
+//! Subject and stream names come from [`tagpoll_proto`]; none are spelled here.
+
+pub mod config;
+pub mod connect;
+pub mod heartbeat;
+pub mod publish;
+pub mod telemetry;
+pub mod topology;
+
+pub use connect::{BusOptions, connect};
+
+/// Errors talking to NATS, with enough context to say which operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot read credentials file {path}: {source}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("JetStream {what} failed: {message}")]
+    JetStream { what: String, message: String },
+    #[error("message on {subject} is not a valid {kind}: {source}")]
+    Decode {
+        subject: String,
+        kind: &'static str,
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+impl BusError {
+    /// Wraps any JetStream error with the operation it belongs to.
+    pub fn js(what: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        BusError::JetStream {
+            what: what.into(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// Decodes a protobuf payload, naming the subject and type on failure.
+pub fn decode<M: prost::Message + Default>(subject: &str, payload: &[u8]) -> Result<M, BusError> {
+    M::decode(payload).map_err(|source| BusError::Decode {
+        subject: subject.to_string(),
+        kind: std::any::type_name::<M>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("message"),
+        source,
+    })
+}

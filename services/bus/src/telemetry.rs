@@ -1,0 +1,19 @@
+//! Logging set-up shared by every binary.
+//!
+//! `RUST_LOG` filters (default `info`); `TAGPOLL_LOG_FORMAT=json` switches to
+//! one JSON object per line for log shippers. Logs go to stderr.
+
+/// Installs the global tracing subscriber. Call once, first thing in `main`.
+pub fn init() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("TAGPOLL_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,99 @@
+//! The JetStream streams and KV buckets tagpoll relies on.
+//!
+//! Every service calls [`ensure`] at start; creation is idempotent, so the
+//! first one up creates them and the rest find them.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use tagpoll_proto::{names, subjects};
+
+use crate::BusError;
+
+/// How long JetStream remembers a `Nats-Msg-Id`. Covers a reader re-sending
+/// its spool after a publish whose ack was lost.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// Replicas for streams and buckets: `TAGPOLL_REPLICAS` (1 on one box, 3 on a cluster).
+pub fn replicas() -> usize {
+    std::env::var("TAGPOLL_REPLICAS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| (1..=5).contains(n))
+        .unwrap_or(1)
+}
+
+fn stream_config(name: &str, subject: &str, description: &str) -> stream::Config {
+    stream::Config {
+        name: name.to_string(),
+        description: Some(description.to_string()),
+        subjects: vec![subject.to_string()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: replicas(),
+        ..Default::default()
+    }
+}
+
+/// The three streams a tap flows through, in order.
+pub fn stream_configs() -> Vec<stream::Config> {
+    vec![
+        stream_config(
+            names::STREAM_READS,
+            subjects::READS_ALL,
+            "Taps from reader devices, de-duplicated by read id",
+        ),
+        stream_config(
+            names::STREAM_IDENTIFIED,
+            subjects::IDENTIFIED_ALL,
+            "Taps with their voter resolved",
+        ),
+        stream_config(
+            names::STREAM_VOTES,
+            subjects::OUTCOMES_ALL,
+            "The vote stream: one outcome per identified read",
+        ),
+    ]
+}
+
+/// Handles to the KV buckets.
+#[derive(Clone)]
+pub struct Buckets {
+    pub config: kv::Store,
+    pub results: kv::Store,
+}
+
+/// Creates (or finds) every stream and KV bucket.
+pub async fn ensure(js: &jetstream::Context) -> Result<Buckets, BusError> {
+    for cfg in stream_configs() {
+        let name = cfg.name.clone();
+        js.get_or_create_stream(cfg)
+            .await
+            .map_err(|e| BusError::js(format!("creating stream {name}"), e))?;
+    }
+    let config = bucket(js, names::KV_CONFIG, "Event configuration", 5).await?;
+    let results = bucket(js, names::KV_RESULTS, "Latest results per poll", 1).await?;
+    Ok(Buckets { config, results })
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    history: i64,
+) -> Result<kv::Store, BusError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.to_string(),
+        description: description.to_string(),
+        history,
+        storage: stream::StorageType::File,
+        num_replicas: replicas(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BusError::js(format!("creating KV bucket {name}"), e))
+}
