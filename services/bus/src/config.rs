@@ -33,7 +33,10 @@ pub enum ReaderTarget<'a> {
     /// The reader has no mapping.
     Unmapped,
     /// Mapped to a poll or answer that does not exist (any more).
-    Dangling { poll_id: &'a str, answer_id: &'a str },
+    Dangling {
+        poll_id: &'a str,
+        answer_id: &'a str,
+    },
     /// Mapped to an existing answer of an existing poll.
     Answer {
         poll: &'a v1::PollDefinition,
@@ -234,7 +237,11 @@ mod tests {
     #[test]
     fn applies_puts_and_deletes_and_resolves_targets() {
         let mut c = EventConfig::default();
-        c.apply("poll.p", Some(&poll("p", &["yes", "no"]).encode_to_vec()), 1);
+        c.apply(
+            "poll.p",
+            Some(&poll("p", &["yes", "no"]).encode_to_vec()),
+            1,
+        );
         let m = v1::ReaderMapping {
             reader_id: "r1".into(),
             poll_id: "p".into(),
@@ -242,7 +249,13 @@ mod tests {
             ..Default::default()
         };
         c.apply("reader.r1", Some(&m.encode_to_vec()), 2);
-        assert!(matches!(c.target("r1"), ReaderTarget::Answer { answer_id: "yes", .. }));
+        assert!(matches!(
+            c.target("r1"),
+            ReaderTarget::Answer {
+                answer_id: "yes",
+                ..
+            }
+        ));
         assert_eq!(c.target("r2"), ReaderTarget::Unmapped);
         c.apply("poll.p", None, 3);
         assert!(matches!(c.target("r1"), ReaderTarget::Dangling { .. }));

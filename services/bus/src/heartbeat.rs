@@ -17,7 +17,13 @@ pub fn instance_id() -> String {
         .unwrap_or_else(|_| "host".into());
     let host: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{host}-{}", std::process::id())
 }

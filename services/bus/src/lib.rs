@@ -14,6 +14,7 @@ pub mod config;
 pub mod connect;
 pub mod heartbeat;
 pub mod publish;
+pub mod replay;
 pub mod telemetry;
 pub mod topology;
 
@@ -65,4 +66,20 @@ pub fn decode<M: prost::Message + Default>(subject: &str, payload: &[u8]) -> Res
             .unwrap_or("message"),
         source,
     })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, docker, `tagpoll dev`).
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

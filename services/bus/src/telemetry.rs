@@ -3,10 +3,16 @@
 //! `RUST_LOG` filters (default `info`); `TAGPOLL_LOG_FORMAT=json` switches to
 //! one JSON object per line for log shippers. Logs go to stderr.
 
-/// Installs the global tracing subscriber. Call once, first thing in `main`.
+/// Installs the global tracing subscriber with `info` as the default level.
+/// Call once, first thing in `main`.
 pub fn init() {
+    init_with_default("info")
+}
+
+/// Like [`init`], with another default level (command-line tools use `warn`).
+pub fn init_with_default(level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let json = std::env::var("TAGPOLL_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,1 +1,471 @@
-//! Service wiring.
+//! Wiring: reader sources → spool → JetStream, plus feedback and heartbeats.
+//!
+//! A tap is appended (fsync'd) to the spool before anything else happens,
+//! and leaves it only when JetStream acknowledged its publish. Publishing is
+//! in spool order; on any failure the same record is retried with backoff,
+//! and `Nats-Msg-Id` = read id makes a re-send after a lost ack harmless.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use prost::Message;
+use tagpoll_proto::subjects;
+use tagpoll_proto::v1::{self, TagTechnology};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::config::{DeviceConfig, ReaderPath};
+use crate::protocol::Feedback;
+use crate::serial::{self, SerialEvent};
+use crate::spool::{Spool, SpoolError, SpoolLimits, SpoolRecord};
+
+/// A tap before it has a read id.
+#[derive(Debug, Clone)]
+pub struct NewTap {
+    pub reader_id: String,
+    pub uid: Vec<u8>,
+    pub technology: TagTechnology,
+}
+
+/// Errors that stop the reader service.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    #[error("NATS: {0}")]
+    Bus(#[from] tagpoll_bus::BusError),
+}
+
+/// Live state reported in heartbeats.
+#[derive(Default)]
+pub struct DeviceState {
+    pub readers: BTreeMap<String, v1::ReaderHealth>,
+    pub spool_depth: u64,
+    pub spool_warning: bool,
+    pub frame_errors: u64,
+    pub last_tap_at: Option<SystemTime>,
+    pub nats_ok: bool,
+    pub last_error: String,
+}
+
+type Shared = Arc<Mutex<DeviceState>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, DeviceState> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the device until a shutdown signal or a fatal error.
+pub async fn run(
+    cfg: DeviceConfig,
+    spool_dir: PathBuf,
+    client: async_nats::Client,
+    sim: Option<crate::sim::SimOptions>,
+) -> Result<(), ReaderError> {
+    let limits = SpoolLimits {
+        max_bytes: cfg.spool_max_bytes,
+        warn_ratio: 0.8,
+    };
+    let (spool, pending) = {
+        let dir = spool_dir.clone();
+        tokio::task::spawn_blocking(move || Spool::open(&dir, limits))
+            .await
+            .expect("spool open task panicked")?
+    };
+    if !pending.is_empty() {
+        tracing::info!(count = pending.len(), "re-sending taps left in the spool");
+    }
+    let spool = Arc::new(Mutex::new(spool));
+    let state: Shared = Arc::new(Mutex::new(DeviceState::default()));
+    lock(&state).spool_depth = pending.len() as u64;
+    let js = async_nats::jetstream::new(client.clone());
+    tagpoll_bus::topology::ensure(&js).await?;
+
+    let (taps_tx, taps_rx) = mpsc::channel::<NewTap>(4096);
+    let (spooled_tx, spooled_rx) = mpsc::unbounded_channel::<SpoolRecord>();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(append_loop(
+        cfg.device_id.clone(),
+        spool.clone(),
+        state.clone(),
+        taps_rx,
+        spooled_tx,
+    ));
+    tasks.spawn(publish_loop(
+        js.clone(),
+        spool.clone(),
+        state.clone(),
+        pending,
+        spooled_rx,
+    ));
+
+    let mut feedback_senders: BTreeMap<String, mpsc::Sender<Feedback>> = BTreeMap::new();
+    for spec in &cfg.readers {
+        let (fb_tx, fb_rx) = mpsc::channel(16);
+        feedback_senders.insert(spec.id.clone(), fb_tx);
+        let path = match &spec.path {
+            ReaderPath::Path(p) => p.display().to_string(),
+            ReaderPath::UsbSerial(s) => serial::resolve_usb_serial(s)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| format!("/dev/serial/by-id/*{s}*")),
+        };
+        lock(&state).readers.insert(
+            spec.id.clone(),
+            v1::ReaderHealth {
+                reader_id: spec.id.clone(),
+                state: "disconnected".into(),
+                protocol: spec.protocol.to_string(),
+                path: path.clone(),
+                ..Default::default()
+            },
+        );
+        let (ev_tx, ev_rx) = mpsc::channel(256);
+        let port = serial::ReaderPort {
+            reader_id: spec.id.clone(),
+            path,
+            protocol: spec.protocol.clone(),
+            baud: spec.baud,
+        };
+        tasks.spawn(serial::run_reader(port, ev_tx, fb_rx, cfg.quiet));
+        tasks.spawn(serial_events(
+            spec.protocol.technology(),
+            ev_rx,
+            taps_tx.clone(),
+            state.clone(),
+        ));
+    }
+
+    if let Some(sim) = sim {
+        let buckets = tagpoll_bus::topology::ensure(&js).await?;
+        let config = tagpoll_bus::config::follow(&js, buckets.config).await?;
+        tasks.spawn(crate::sim::run(sim, config, taps_tx.clone()));
+    }
+    drop(taps_tx);
+
+    if !cfg.readers.is_empty() {
+        tasks.spawn(feedback_loop(
+            client.clone(),
+            feedback_senders,
+            cfg.feedback_command.clone(),
+        ));
+    }
+    tasks.spawn(heartbeat_loop(client, cfg.device_id.clone(), state.clone()));
+
+    tokio::select! {
+        _ = tagpoll_bus::shutdown_signal() => tracing::info!("shutting down; unsent taps stay in the spool"),
+        Some(r) = tasks.join_next() => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "a reader task failed");
+            }
+        }
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+/// Gives each tap a read id and makes it durable.
+async fn append_loop(
+    device_id: String,
+    spool: Arc<Mutex<Spool>>,
+    state: Shared,
+    mut taps: mpsc::Receiver<NewTap>,
+    spooled: mpsc::UnboundedSender<SpoolRecord>,
+) {
+    // Taps that did not fit in a full spool wait here, in order; never dropped.
+    let mut overflow: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let tap = tokio::select! {
+            t = taps.recv() => match t { Some(t) => Some(t), None => return },
+            _ = retry.tick() => None,
+        };
+        if let Some(tap) = tap {
+            let seq_hint = lock_spool(&spool).next_seq();
+            let read = v1::TagRead {
+                read_id: uuid::Uuid::now_v7().to_string(),
+                device_id: device_id.clone(),
+                reader_id: tap.reader_id.clone(),
+                tag_uid: tap.uid,
+                technology: tap.technology as i32,
+                read_at: Some(tagpoll_proto::now()),
+                device_seq: seq_hint,
+            };
+            tracing::info!(read_id = %read.read_id, reader = %read.reader_id, "tap");
+            {
+                let mut st = lock(&state);
+                st.last_tap_at = Some(SystemTime::now());
+                if let Some(r) = st.readers.get_mut(&read.reader_id) {
+                    r.taps += 1;
+                    r.last_tap_at = read.read_at;
+                }
+            }
+            overflow.push_back(read.encode_to_vec());
+        }
+        while let Some(payload) = overflow.front().cloned() {
+            let s = spool.clone();
+            let appended = tokio::task::spawn_blocking(move || {
+                let mut s = lock_spool(&s);
+                let r = s.append(&payload).map(|seq| SpoolRecord { seq, payload });
+                (r, s.depth(), s.is_warning())
+            })
+            .await;
+            let Ok((result, depth, warning)) = appended else {
+                return;
+            };
+            {
+                let mut st = lock(&state);
+                st.spool_depth = depth;
+                if warning && !st.spool_warning {
+                    tracing::warn!(depth, "spool is over 80% full: is NATS reachable?");
+                }
+                st.spool_warning = warning;
+            }
+            match result {
+                Ok(record) => {
+                    overflow.pop_front();
+                    if spooled.send(record).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, waiting = overflow.len(), "cannot spool taps; holding them in memory");
+                    lock(&state).last_error = e.to_string();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn lock_spool(s: &Arc<Mutex<Spool>>) -> std::sync::MutexGuard<'_, Spool> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Publishes spooled taps in order, each until JetStream acknowledges it.
+async fn publish_loop(
+    js: async_nats::jetstream::Context,
+    spool: Arc<Mutex<Spool>>,
+    state: Shared,
+    pending: Vec<SpoolRecord>,
+    mut spooled: mpsc::UnboundedReceiver<SpoolRecord>,
+) {
+    let mut queue: VecDeque<SpoolRecord> = pending.into();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        while let Ok(r) = spooled.try_recv() {
+            queue.push_back(r);
+        }
+        let Some(record) = queue.front() else {
+            match spooled.recv().await {
+                Some(r) => queue.push_back(r),
+                None => return,
+            }
+            continue;
+        };
+        let seq = record.seq;
+        let read = match v1::TagRead::decode(record.payload.as_slice()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(seq, error = %e, "spool record is not a tap; dropping it");
+                queue.pop_front();
+                let s = spool.clone();
+                let _ = tokio::task::spawn_blocking(move || lock_spool(&s).ack(seq)).await;
+                continue;
+            }
+        };
+        let span =
+            tracing::info_span!("publish", read_id = %read.read_id, reader = %read.reader_id);
+        let subject = subjects::read(&read.device_id, &read.reader_id);
+        let published = tokio::time::timeout(
+            Duration::from_secs(10),
+            tagpoll_bus::publish::publish_for_read(
+                &js,
+                subject,
+                &read.read_id,
+                record.payload.clone().into(),
+            ),
+        )
+        .instrument(span.clone())
+        .await;
+        match published {
+            Ok(Ok((stream_seq, duplicate))) => {
+                let _e = span.enter();
+                tracing::debug!(stream_seq, duplicate, "tap stored in JetStream");
+                queue.pop_front();
+                let s = spool.clone();
+                let acked = tokio::task::spawn_blocking(move || {
+                    let mut s = lock_spool(&s);
+                    s.ack(seq).map(|_| s.depth())
+                })
+                .await;
+                let mut st = lock(&state);
+                st.nats_ok = true;
+                match acked {
+                    Ok(Ok(depth)) => st.spool_depth = depth,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "could not record the ack in the spool; the tap may be re-sent (harmless)");
+                        st.last_error = e.to_string();
+                    }
+                    Err(_) => return,
+                }
+                backoff = Duration::from_millis(100);
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no ack within 10 s".into(),
+                };
+                {
+                    let mut st = lock(&state);
+                    if st.nats_ok {
+                        tracing::warn!(error = %why, depth = queue.len(), "cannot publish taps; they wait in the spool");
+                    }
+                    st.nats_ok = false;
+                    st.last_error = why;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Turns serial events into taps and reader health.
+async fn serial_events(
+    technology: TagTechnology,
+    mut events: mpsc::Receiver<SerialEvent>,
+    taps: mpsc::Sender<NewTap>,
+    state: Shared,
+) {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            SerialEvent::Connected { reader_id } => {
+                tracing::info!(reader = %reader_id, "reader connected");
+                if let Some(r) = lock(&state).readers.get_mut(&reader_id) {
+                    r.state = "connected".into();
+                }
+            }
+            SerialEvent::Disconnected { reader_id, error } => {
+                tracing::warn!(reader = %reader_id, %error, "reader disconnected");
+                if let Some(r) = lock(&state).readers.get_mut(&reader_id) {
+                    r.state = "disconnected".into();
+                }
+            }
+            SerialEvent::FrameError {
+                reader_id,
+                reason,
+                bytes,
+            } => {
+                tracing::warn!(reader = %reader_id, %reason, bytes = %hex::encode(&bytes), "bad frame");
+                let mut st = lock(&state);
+                st.frame_errors += 1;
+                if let Some(r) = st.readers.get_mut(&reader_id) {
+                    r.frame_errors += 1;
+                }
+            }
+            SerialEvent::Tap { reader_id, uid } => {
+                if taps
+                    .send(NewTap {
+                        reader_id,
+                        uid,
+                        technology,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Maps an outcome to the signal a reader gives.
+pub fn feedback_for(kind: v1::OutcomeKind) -> Feedback {
+    match kind {
+        v1::OutcomeKind::Accepted => Feedback::Accepted,
+        v1::OutcomeKind::Changed => Feedback::Changed,
+        v1::OutcomeKind::Duplicate => Feedback::Duplicate,
+        v1::OutcomeKind::Rejected | v1::OutcomeKind::Unspecified => Feedback::Rejected,
+    }
+}
+
+/// Listens to outcomes at our readers and signals them to the voter.
+async fn feedback_loop(
+    client: async_nats::Client,
+    readers: BTreeMap<String, mpsc::Sender<Feedback>>,
+    command: Option<String>,
+) {
+    let mut subs = futures::stream::SelectAll::new();
+    for reader in readers.keys() {
+        match client
+            .subscribe(subjects::outcomes_for_reader(reader))
+            .await
+        {
+            Ok(s) => subs.push(s),
+            Err(e) => tracing::error!(reader, error = %e, "cannot subscribe to feedback"),
+        }
+    }
+    while let Some(msg) = subs.next().await {
+        let Ok(outcome) = v1::VoteOutcome::decode(msg.payload.as_ref()) else {
+            continue;
+        };
+        let fb = feedback_for(outcome.kind());
+        if let Some(tx) = readers.get(&outcome.reader_id) {
+            let _ = tx.try_send(fb);
+        }
+        if let Some(cmd) = &command {
+            let status = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .env("TAGPOLL_READER", &outcome.reader_id)
+                .env("TAGPOLL_OUTCOME", format!("{fb:?}").to_lowercase())
+                .env("TAGPOLL_POLL", &outcome.poll_id)
+                .env("TAGPOLL_ANSWER", &outcome.answer_id)
+                .env("TAGPOLL_MESSAGE", &outcome.message)
+                .env("TAGPOLL_VOTER_NAME", &outcome.display_name)
+                .status();
+            match tokio::time::timeout(Duration::from_secs(5), status).await {
+                Ok(Ok(s)) if s.success() => {}
+                Ok(Ok(s)) => tracing::warn!(%s, "feedback command failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "feedback command could not run"),
+                Err(_) => tracing::warn!("feedback command took over 5 s"),
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(client: async_nats::Client, device_id: String, state: Shared) {
+    let instance = tagpoll_bus::heartbeat::instance_id();
+    let started = SystemTime::now();
+    let subject = subjects::heartbeat("device", &device_id, &instance);
+    let mut tick = tokio::time::interval(tagpoll_bus::heartbeat::INTERVAL);
+    loop {
+        tick.tick().await;
+        let hb = {
+            let st = lock(&state);
+            v1::Heartbeat {
+                kind: "device".into(),
+                name: device_id.clone(),
+                instance: instance.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                started_at: Some(tagpoll_proto::timestamp(started)),
+                sent_at: Some(tagpoll_proto::now()),
+                interval_secs: tagpoll_bus::heartbeat::INTERVAL.as_secs() as u32,
+                nats_connected: client.connection_state()
+                    == async_nats::connection::State::Connected,
+                readers: st.readers.values().cloned().collect(),
+                spool_depth: st.spool_depth,
+                frame_errors: st.frame_errors,
+                last_tap_at: st.last_tap_at.map(tagpoll_proto::timestamp),
+                last_error: st.last_error.clone(),
+                handled: st.readers.values().map(|r| r.taps).sum(),
+            }
+        };
+        let _ = client
+            .publish(subject.clone(), hb.encode_to_vec().into())
+            .await;
+    }
+}

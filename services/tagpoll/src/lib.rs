@@ -1,1 +1,14 @@
-//! placeholder
+//! The `tagpoll` command: validate and load events, tap, follow outcomes,
+//! show results, and run the whole system on one machine.
+//!
+//! # Layout
+//! - [`event`]: the event file format and its validation (pure).
+//! - [`store`]: writing an event and live changes into the config KV bucket.
+//! - [`show`]: human-readable lines and tables for outcomes and results.
+//! - [`nats_server`]: finding and supervising a private `nats-server`.
+//! - [`dev`]: `tagpoll dev`, the whole system as child processes.
+pub mod dev;
+pub mod event;
+pub mod nats_server;
+pub mod show;
+pub mod store;

