@@ -55,9 +55,6 @@ pub fn heartbeat(kind: &str, name: &str, instance: &str) -> String {
     format!("tagpoll.heartbeat.{kind}.{name}.{instance}")
 }
 
-/// Request/reply: every service instance answers with its live status.
-pub const ADMIN_STATUS: &str = "tagpoll.admin.status";
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -257,7 +257,7 @@ mod tests {
         fn frames_mixed_with_bytes_of_the_alphabet_never_invent_tags(
             parts in proptest::collection::vec(
                 prop_oneof![
-                    any::<[u8; 5]>().prop_map(|u| frame(u)),
+                    any::<[u8; 5]>().prop_map(frame),
                     proptest::collection::vec(
                         prop_oneof![Just(STX), Just(ETX), Just(CR), Just(LF), Just(b'0'), Just(b'F'), any::<u8>()],
                         0..20

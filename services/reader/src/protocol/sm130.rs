@@ -180,7 +180,7 @@ mod tests {
             reply(0x02, &UID4),
             vec![0xFF, 0x00, 0x06, 0x83, 0x02, 0xDE, 0xAD, 0xBE, 0xEF, 0xC3]
         );
-        assert_eq!(frame(CMD_SELECT_TAG, &[b'N']), Some(no_tag_reply()));
+        assert_eq!(frame(CMD_SELECT_TAG, b"N"), Some(no_tag_reply()));
         assert_eq!(frame(0x10, &[0; 254]).map(|f| f.len()), Some(259));
         assert_eq!(frame(0x10, &[0; 255]), None);
     }

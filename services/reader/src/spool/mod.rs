@@ -351,7 +351,7 @@ impl Spool {
             }
         };
         let file = segment.ack_file.insert(file);
-        if let Err(source) = file.write_all(&[]) {
+        if let Err(source) = file.write_all(&frame::encode_ack(seq)) {
             if let Ok(meta) = file.metadata() {
                 segment.ack_len = meta.len();
             }
