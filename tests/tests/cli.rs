@@ -31,9 +31,20 @@ fn check_names_line_column_and_problem_and_fails() {
     let path = file.display().to_string();
     let (ok, out, err) = run(&["check", &path]);
     assert!(!ok, "a broken file must fail: {out}{err}");
-    assert!(err.contains(&format!("{path}:6:12: poll \"p\" has an empty question")), "{err}");
-    assert!(err.contains(&format!("{path}:11:8: reader \"r1\" names unknown poll \"q\"")), "{err}");
-    assert!(err.contains(&format!("{path}:15:6: reader \"r1\" is mapped twice")), "{err}");
+    assert!(
+        err.contains(&format!("{path}:6:12: poll \"p\" has an empty question")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{path}:11:8: reader \"r1\" names unknown poll \"q\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{path}:15:6: reader \"r1\" is mapped twice")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -50,5 +61,8 @@ fn check_reports_toml_syntax_errors_with_position() {
 fn tap_rejects_a_malformed_tag_before_connecting() {
     let (ok, _, err) = run(&["tap", "--reader", "r1", "--tag", "XYZ"]);
     assert!(!ok);
-    assert!(err.contains("--tag: tag \"XYZ\" is not a UID in hex"), "{err}");
+    assert!(
+        err.contains("--tag: tag \"XYZ\" is not a UID in hex"),
+        "{err}"
+    );
 }

@@ -16,7 +16,10 @@ impl Dev {
         let mut child = Command::new(binary("tagpoll"))
             .args(["dev", "--http", http, "--data"])
             .arg(data)
-            .args(["--event", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/event.toml")])
+            .args([
+                "--event",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/event.toml"),
+            ])
             .args(extra)
             .env_remove("NATS_URL")
             .env("RUST_BACKTRACE", "0")
@@ -39,8 +42,14 @@ impl Dev {
                 break;
             }
         }
-        assert!(url_line.contains(&format!("http://{http}/")), "no results URL printed: {url_line:?}");
-        assert!(nats_url.starts_with("nats://127.0.0.1:"), "no NATS URL printed");
+        assert!(
+            url_line.contains(&format!("http://{http}/")),
+            "no results URL printed: {url_line:?}"
+        );
+        assert!(
+            nats_url.starts_with("nats://127.0.0.1:"),
+            "no NATS URL printed"
+        );
         std::thread::spawn(move || for _ in lines {});
         Dev { child, nats_url }
     }
@@ -48,7 +57,11 @@ impl Dev {
     /// Ctrl-C, and the exit status.
     fn interrupt(mut self) -> std::process::ExitStatus {
         use nix::sys::signal::{Signal, kill};
-        kill(nix::unistd::Pid::from_raw(self.child.id() as i32), Signal::SIGINT).unwrap();
+        kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            Signal::SIGINT,
+        )
+        .unwrap();
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
@@ -67,7 +80,10 @@ async fn total(http: &str, poll: &str) -> u64 {
 }
 
 fn children_of(pid: u32) -> Vec<String> {
-    let out = Command::new("ps").args(["-eo", "ppid=,pid=,comm="]).output().unwrap();
+    let out = Command::new("ps")
+        .args(["-eo", "ppid=,pid=,comm="])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.split_whitespace().next() == Some(&pid.to_string()))
@@ -85,7 +101,11 @@ async fn dev_runs_the_system_counts_taps_and_stops_cleanly() {
     let dev = Dev::start(data.path(), &http, &["--sim-rate", "40"]);
     let pid = dev.child.id();
     let (status, page) = {
-        let r = http_client().get(format!("http://{http}/")).send().await.unwrap();
+        let r = http_client()
+            .get(format!("http://{http}/"))
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     };
     assert_eq!(status, 200);
@@ -95,27 +115,51 @@ async fn dev_runs_the_system_counts_taps_and_stops_cleanly() {
         let http = http.clone();
         async move {
             let now = total(&http, "drink").await;
-            if now > first { Ok(()) } else { Err(format!("still {now}")) }
+            if now > first {
+                Ok(())
+            } else {
+                Err(format!("still {now}"))
+            }
         }
     })
     .await;
-    assert_eq!(children_of(pid).len(), 5, "nats-server + 4 services: {:?}", children_of(pid));
+    assert_eq!(
+        children_of(pid).len(),
+        5,
+        "nats-server + 4 services: {:?}",
+        children_of(pid)
+    );
     let status = dev.interrupt();
     assert!(status.success(), "tagpoll dev exit: {status}");
-    assert!(children_of(pid).is_empty(), "children left behind: {:?}", children_of(pid));
+    assert!(
+        children_of(pid).is_empty(),
+        "children left behind: {:?}",
+        children_of(pid)
+    );
 
     // Same data folder, no simulator: state survived, and one tap is one vote.
     let dev = Dev::start(data.path(), &http, &["--no-sim"]);
     let before = total(&http, "drink").await;
     assert!(before > first, "counts survived the restart ({before})");
     let env = vec![("NATS_URL".to_string(), dev.nats_url.clone())];
-    let out = cli_with_env(&["tap", "--reader", "tea", "--tag", "01:02:03:04:05:06:07"], &env);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli_with_env(
+        &["tap", "--reader", "tea", "--tag", "01:02:03:04:05:06:07"],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let after = eventually(Duration::from_secs(10), "the tap to be counted", || {
         let http = http.clone();
         async move {
             let now = total(&http, "drink").await;
-            if now != before { Ok(now) } else { Err(format!("still {now}")) }
+            if now != before {
+                Ok(now)
+            } else {
+                Err(format!("still {now}"))
+            }
         }
     })
     .await;

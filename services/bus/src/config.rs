@@ -173,10 +173,10 @@ async fn watch_loop(
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
-    if loaded_at == 0 {
-        if let Some(r) = ready.take() {
-            let _ = r.send(());
-        }
+    if loaded_at == 0
+        && let Some(r) = ready.take()
+    {
+        let _ = r.send(());
     }
     let mut config = EventConfig::default();
     loop {
@@ -202,10 +202,10 @@ async fn watch_loop(
             };
             config.apply(&entry.key, value, entry.revision);
             tx.send_replace(Arc::new(config.clone()));
-            if entry.revision >= loaded_at {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(());
-                }
+            if entry.revision >= loaded_at
+                && let Some(r) = ready.take()
+            {
+                let _ = r.send(());
             }
         }
         if tx.is_closed() {

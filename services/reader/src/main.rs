@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let opts = tagpoll_bus::BusOptions::from_env(&format!("tagpoll-reader-{}", cfg.device_id))?;
     let client = tagpoll_bus::connect(&opts, true).await?;
-    let sim = args.simulate.then(|| sim::SimOptions {
+    let sim = args.simulate.then_some(sim::SimOptions {
         rate: args.sim_rate,
         crowd: args.sim_crowd,
         seed: args.sim_seed,

@@ -125,7 +125,7 @@ pub async fn run(
         let port = serial::ReaderPort {
             reader_id: spec.id.clone(),
             path,
-            protocol: spec.protocol.clone(),
+            protocol: spec.protocol,
             baud: spec.baud,
         };
         tasks.spawn(serial::run_reader(port, ev_tx, fb_rx, cfg.quiet));

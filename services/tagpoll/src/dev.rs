@@ -161,10 +161,10 @@ pub fn random_secret() -> String {
 
 /// Reads `path`, creating it with a fresh secret (mode 0600) if missing.
 pub fn secret_file(path: &Path) -> Result<String, DevError> {
-    if let Ok(s) = std::fs::read_to_string(path) {
-        if !s.trim().is_empty() {
-            return Ok(s.trim().to_string());
-        }
+    if let Ok(s) = std::fs::read_to_string(path)
+        && !s.trim().is_empty()
+    {
+        return Ok(s.trim().to_string());
     }
     let secret = random_secret();
     use std::os::unix::fs::OpenOptionsExt;

@@ -174,7 +174,10 @@ pub fn normalize_uid(s: &str) -> Result<String, String> {
         .chars()
         .filter(|c| !matches!(c, ':' | '-' | ' '))
         .collect();
-    if hexs.is_empty() || hexs.len() % 2 != 0 || !hexs.chars().all(|c| c.is_ascii_hexdigit()) {
+    if hexs.is_empty()
+        || !hexs.len().is_multiple_of(2)
+        || !hexs.chars().all(|c| c.is_ascii_hexdigit())
+    {
         return Err(format!(
             "tag {s:?} is not a UID in hex (an even number of hex digits, e.g. \"04A1B2C3\")"
         ));
@@ -376,13 +379,13 @@ pub fn parse(text: &str) -> Result<Event, EventErrors> {
         };
         let opens_at = window(&p.opens_at, &mut err);
         let closes_at = window(&p.closes_at, &mut err);
-        if let (Some(o), Some(c), Some(raw_c)) = (&opens_at, &closes_at, &p.closes_at) {
-            if c.seconds <= o.seconds {
-                err(
-                    raw_c.span().start,
-                    "closes_at must be after opens_at".into(),
-                );
-            }
+        if let (Some(o), Some(c), Some(raw_c)) = (&opens_at, &closes_at, &p.closes_at)
+            && c.seconds <= o.seconds
+        {
+            err(
+                raw_c.span().start,
+                "closes_at must be after opens_at".into(),
+            );
         }
         let _ = start;
         poll_answers.insert(pid.clone(), ids);

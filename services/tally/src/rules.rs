@@ -76,7 +76,7 @@ pub fn decide(
     if !is_open(poll, now) {
         return reject(out, RejectReason::PollClosed, "This poll is not open.");
     }
-    let rules = poll.rules.clone().unwrap_or_default();
+    let rules = poll.rules.unwrap_or_default();
     let voter = match (voter, &read.identity) {
         (Some(v), _) if !v.anonymous || rules.allow_anonymous => v,
         (_, Some(v1::identified_read::Identity::Unknown(u))) => {

@@ -87,7 +87,7 @@ pub(super) fn scan_records(buf: &[u8]) -> RecordScan<'_> {
             pos += RECORD_HEADER + payload.len();
             continue;
         }
-        match (buf.len()..buf.len()).find(|&at| decode_record(&buf[at..]).is_some()) {
+        match (pos + 1..buf.len()).find(|&at| decode_record(&buf[at..]).is_some()) {
             Some(next) => {
                 scan.skipped.push(pos..next);
                 pos = next;

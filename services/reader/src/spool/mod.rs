@@ -50,9 +50,12 @@
 //! - [`Spool::ack`]: one `write` to the ack log (`O_APPEND`): once it returns, the
 //!   ack survives the process being killed. The ack logs are `fdatasync`'d in
 //!   batches: on the 64th ack since the last sync, on the first ack a second or
-//!   more after it, and on drop. A power cut can therefore lose the acks of the
-//!   last second; those records come back from [`Spool::open`] and are published
-//!   again, which JetStream de-duplicates by message id.
+//!   more after it, and on drop. A power cut can lose the acks since the last
+//!   sync (fewer than 64, or whatever the kernel had not written back yet, ~30 s
+//!   by default, when no further ack came). Their records come back from
+//!   [`Spool::open`] and are published again, which JetStream de-duplicates as
+//!   long as the message id is derived from the seq and it happens within the
+//!   stream's duplicate window; a consumer should be idempotent beyond that.
 //!
 //! # Disk use
 //!
@@ -62,7 +65,8 @@
 //! deleted as soon as all its records are acked. The newest one, once all its
 //! records are acked, is replaced by an empty segment when it holds a quarter of
 //! the segment size or more (so a spool that drains after every tap does not
-//! create and delete a file per tap), or when an append needs its room.
+//! create and delete a file per tap), or when an append needs its room; so up to
+//! a quarter segment of acked records can keep holding room in it.
 
 mod frame;
 
