@@ -6,6 +6,7 @@
 //! - [`config`]: a live, typed view of the event configuration kept in KV.
 //! - [`publish`]: durable publishes that only count once JetStream acknowledged them.
 //! - [`heartbeat`]: periodic liveness messages.
+//! - [`store`]: writing the event and live changes (open/close, remap) into KV.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
 //!
 //! Subject and stream names come from [`tagpoll_proto`]; none are spelled here.
@@ -15,6 +16,7 @@ pub mod connect;
 pub mod heartbeat;
 pub mod publish;
 pub mod replay;
+pub mod store;
 pub mod telemetry;
 pub mod topology;
 

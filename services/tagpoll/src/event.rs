@@ -68,14 +68,7 @@ impl fmt::Display for EventErrors {
 
 impl std::error::Error for EventErrors {}
 
-/// A validated event, ready to be stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub settings: v1::EventSettings,
-    pub polls: Vec<v1::PollDefinition>,
-    pub readers: Vec<v1::ReaderMapping>,
-    pub tags: Vec<v1::TagOwner>,
-}
+pub use tagpoll_bus::store::Event;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

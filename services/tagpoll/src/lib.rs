@@ -3,7 +3,6 @@
 //!
 //! # Layout
 //! - [`event`]: the event file format and its validation (pure).
-//! - [`store`]: writing an event and live changes into the config KV bucket.
 //! - [`show`]: human-readable lines and tables for outcomes and results.
 //! - [`nats_server`]: finding and supervising a private `nats-server`.
 //! - [`dev`]: `tagpoll dev`, the whole system as child processes.
@@ -11,4 +10,6 @@ pub mod dev;
 pub mod event;
 pub mod nats_server;
 pub mod show;
-pub mod store;
+
+/// Writing configuration to KV lives in the bus crate (the web admin uses it too).
+pub use tagpoll_bus::store;

@@ -11,7 +11,15 @@ use prost::Message;
 use tagpoll_proto::names::config_keys;
 use tagpoll_proto::v1;
 
-use crate::event::Event;
+
+/// A validated event, ready to be stored (parsed by `tagpoll check/load`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub settings: v1::EventSettings,
+    pub polls: Vec<v1::PollDefinition>,
+    pub readers: Vec<v1::ReaderMapping>,
+    pub tags: Vec<v1::TagOwner>,
+}
 
 /// Errors writing configuration.
 #[derive(Debug, thiserror::Error)]
