@@ -55,6 +55,26 @@ pub fn heartbeat(kind: &str, name: &str, instance: &str) -> String {
     format!("tagpoll.heartbeat.{kind}.{name}.{instance}")
 }
 
+/// All notifications the XMPP bridge republishes from XMPP nodes.
+pub const XMPP_IN_ALL: &str = "tagpoll.xmpp.in.*";
+
+/// A notification from XMPP publish-subscribe `node`, republished by the
+/// XMPP bridge as an `XmppNotification`. The node name becomes one subject
+/// token: `%`, `.`, `*`, `>`, space, control and non-ASCII bytes are
+/// percent-encoded (`vote/42` stays `vote/42`, `a.b` becomes `a%2Eb`), so
+/// the mapping is reversible. `node` must not be empty (XEP-0060 nodes never are).
+pub fn xmpp_in(node: &str) -> String {
+    let mut s = String::from("tagpoll.xmpp.in.");
+    for b in node.bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b'%' | b'.' | b'*' | b'>') {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`rules`]: pure decision logic: what does this read mean for this poll?
 //! - [`ballots`]: the counted state, rebuilt from the vote stream alone.
+//! - [`partition`]: which polls this instance owns when several share an event.
 //! - [`service`]: wiring: identified reads → decide → vote stream → results.
 pub mod ballots;
+pub mod partition;
 pub mod rules;
 pub mod service;

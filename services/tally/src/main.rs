@@ -13,6 +13,9 @@ struct Args {
     /// Minimum milliseconds between two results snapshots of one poll.
     #[arg(long, env = "TAGPOLL_SNAPSHOT_INTERVAL_MS", default_value_t = 100)]
     snapshot_interval_ms: u64,
+    /// This instance's share of the polls, INDEX/COUNT (e.g. 0/2 and 1/2 for two instances).
+    #[arg(long, env = "TAGPOLL_TALLY_PARTITION", default_value = "0/1")]
+    partition: tagpoll_tally::partition::Partition,
 }
 
 #[tokio::main]
@@ -28,6 +31,8 @@ async fn main() -> anyhow::Result<()> {
     tagpoll_bus::heartbeat::spawn_service(client.clone(), "tally", stats.clone());
     let options = service::TallyOptions {
         snapshot_interval: Duration::from_millis(args.snapshot_interval_ms),
+        partition: args.partition,
+        ..Default::default()
     };
     tokio::select! {
         r = service::run(client, js, buckets.results, config, options, stats) => r?,

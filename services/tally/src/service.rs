@@ -1,41 +1,52 @@
 //! Wiring: TAGPOLL_IDENTIFIED → rules → TAGPOLL_VOTES, plus results snapshots.
 //!
-//! Exactly-once counting rests on three facts: the state is rebuilt from the
-//! vote stream at start; an outcome is applied only after JetStream stored it
-//! (with the read id as `Nats-Msg-Id`); and an input read is acknowledged
-//! only after that. A crash anywhere re-delivers the read, which is then
-//! either found already decided or decided identically and de-duplicated.
+//! Exactly-once counting, in stream order:
+//! - at start the counts are rebuilt from the vote stream alone, and the
+//!   highest `identified_seq` among this partition's outcomes says where to
+//!   resume;
+//! - identified reads are consumed with an ordered consumer from there, so
+//!   every restart decides the same reads in the same order (a durable
+//!   consumer would re-deliver unacknowledged reads after newer ones, and
+//!   "first vote stands" depends on order);
+//! - each outcome is published with `Nats-Msg-Id` = read id; publishes are
+//!   pipelined, and any failure (or an ack saying another decision was
+//!   stored) makes the service rebuild from the vote stream and resume.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, AckKind, consumer::pull, kv, message::Message};
+use async_nats::jetstream::{self, consumer, context::PublishAckFuture, kv};
 use futures::StreamExt;
 use prost::Message as _;
 use tagpoll_bus::{BusError, config::EventConfig, heartbeat::Stats, publish};
 use tagpoll_proto::{names, subjects, v1};
 use tokio::sync::{Notify, watch};
-use tracing::Instrument;
 
-use crate::{ballots::Ballots, rules};
+use crate::{ballots::Ballots, partition::Partition, rules};
 
 /// Tunables.
 #[derive(Debug, Clone)]
 pub struct TallyOptions {
     /// Minimum time between two results snapshots of one poll: bursts coalesce.
     pub snapshot_interval: Duration,
+    /// Which polls this instance owns.
+    pub partition: Partition,
+    /// Outcome publishes awaiting their ack at once.
+    pub max_in_flight: usize,
 }
 
 impl Default for TallyOptions {
     fn default() -> Self {
         TallyOptions {
             snapshot_interval: Duration::from_millis(100),
+            partition: Partition::default(),
+            max_in_flight: 256,
         }
     }
 }
 
-/// State shared by the consumer loop and the snapshot publisher.
+/// State shared by the decision loop and the snapshot publisher.
 struct Shared {
     ballots: Mutex<Ballots>,
     dirty: Mutex<BTreeSet<String>>,
@@ -50,168 +61,262 @@ impl Shared {
             .insert(poll_id.to_string());
         self.wake.notify_one();
     }
+
+    fn ballots(&self) -> std::sync::MutexGuard<'_, Ballots> {
+        self.ballots.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Rebuilds the counts from the vote stream.
-pub async fn rebuild(js: &jetstream::Context) -> Result<Ballots, BusError> {
-    let mut ballots = Ballots::default();
-    let mut bad = 0u64;
+/// Counts rebuilt from the vote stream, and where this partition resumes.
+pub struct Rebuilt {
+    pub ballots: Ballots,
+    /// Highest `identified_seq` among this partition's outcomes.
+    pub resume_after: u64,
+    /// Outcomes that did not decode (logged, skipped).
+    pub undecodable: u64,
+}
+
+/// Replays the vote stream into fresh counts.
+pub async fn rebuild(js: &jetstream::Context, partition: Partition) -> Result<Rebuilt, BusError> {
+    let mut r = Rebuilt {
+        ballots: Ballots::default(),
+        resume_after: 0,
+        undecodable: 0,
+    };
     tagpoll_bus::replay::replay(js, names::STREAM_VOTES, None, |seq, subject, payload| {
         match tagpoll_bus::decode::<v1::VoteOutcome>(subject, payload) {
             Ok(o) => {
-                ballots.apply(&o, seq);
+                if partition.owns(&o.poll_id) {
+                    r.resume_after = r.resume_after.max(o.identified_seq);
+                }
+                r.ballots.apply(&o, seq);
             }
             Err(e) => {
-                bad += 1;
+                r.undecodable += 1;
                 tracing::error!(error = %e, seq, "skipping undecodable outcome in the vote stream");
             }
         }
     })
     .await?;
     tracing::info!(
-        last_seq = ballots.last_seq,
-        bad,
-        "tally rebuilt from the vote stream"
+        votes_seq = r.ballots.last_seq,
+        resume_after = r.resume_after,
+        undecodable = r.undecodable,
+        "counts rebuilt from the vote stream"
     );
-    Ok(ballots)
+    Ok(r)
 }
 
-/// Runs the tally until the consumer ends.
+/// Runs the tally until shut down, rebuilding after any bus failure.
 pub async fn run(
     client: async_nats::Client,
     js: jetstream::Context,
     results_kv: kv::Store,
-    mut config: watch::Receiver<Arc<EventConfig>>,
+    config: watch::Receiver<Arc<EventConfig>>,
     options: TallyOptions,
     stats: Arc<Stats>,
 ) -> Result<(), BusError> {
     let shared = Arc::new(Shared {
-        ballots: Mutex::new(rebuild(&js).await?),
-        dirty: Mutex::new(config.borrow().polls.keys().cloned().collect()),
+        ballots: Mutex::new(Ballots::default()),
+        dirty: Mutex::new(BTreeSet::new()),
         wake: Notify::new(),
     });
-    shared.wake.notify_one();
-
-    // Config changes (open/close, labels, resets) change snapshots too.
-    let watcher = {
-        let shared = shared.clone();
-        let mut config = config.clone();
-        tokio::spawn(async move {
-            while config.changed().await.is_ok() {
-                let ids: Vec<String> = config.borrow_and_update().polls.keys().cloned().collect();
-                for id in ids {
-                    shared.mark_dirty(&id);
-                }
-            }
-        })
-    };
+    let watcher = tokio::spawn(mark_config_changes(config.clone(), shared.clone(), options.partition));
     let publisher = tokio::spawn(publish_snapshots(
         client,
         results_kv,
         config.clone(),
         shared.clone(),
-        options.snapshot_interval,
+        options.clone(),
     ));
+    let mut backoff = Duration::from_millis(200);
+    let result = loop {
+        let rebuilt = match rebuild(&js, options.partition).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot rebuild yet; retrying");
+                stats.error(&e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let resume_after = rebuilt.resume_after;
+        *shared.ballots() = rebuilt.ballots;
+        for poll in config.borrow().polls.keys() {
+            if options.partition.owns(poll) {
+                shared.mark_dirty(poll);
+            }
+        }
+        match decide_loop(&js, config.clone(), &shared, &options, &stats, resume_after).await {
+            Ok(()) => break Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "tally interrupted; rebuilding from the vote stream");
+                stats.error(&e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    watcher.abort();
+    publisher.abort();
+    result
+}
 
+/// An outcome on its way into the vote stream.
+struct InFlight {
+    outcome: v1::VoteOutcome,
+    ack: PublishAckFuture,
+}
+
+async fn decide_loop(
+    js: &jetstream::Context,
+    mut config: watch::Receiver<Arc<EventConfig>>,
+    shared: &Shared,
+    options: &TallyOptions,
+    stats: &Stats,
+    resume_after: u64,
+) -> Result<(), BusError> {
     let stream = js
         .get_stream(names::STREAM_IDENTIFIED)
         .await
         .map_err(|e| BusError::js("looking up identified stream", e))?;
     let consumer = stream
-        .get_or_create_consumer(
-            names::CONSUMER_TALLY,
-            pull::Config {
-                durable_name: Some(names::CONSUMER_TALLY.into()),
-                description: Some("the tally decides each identified read once".into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 1000,
-                ..Default::default()
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: resume_after + 1,
             },
-        )
+            ..Default::default()
+        })
         .await
-        .map_err(|e| BusError::js("creating tally consumer", e))?;
+        .map_err(|e| BusError::js("ordered consumer on identified reads", e))?;
     let mut messages = consumer
         .messages()
         .await
         .map_err(|e| BusError::js("consuming identified reads", e))?;
-    tracing::info!("tally consuming {}", names::STREAM_IDENTIFIED);
-    while let Some(msg) = messages.next().await {
-        let msg = match msg {
-            Ok(m) => m,
+    tracing::info!(partition = %options.partition, from = resume_after + 1, "deciding identified reads");
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    loop {
+        // Settle acks first when the pipeline is full, or whenever one is ready.
+        while in_flight.len() >= options.max_in_flight {
+            settle(js, shared, stats, in_flight.pop_front().expect("non-empty")).await?;
+        }
+        let next = if in_flight.is_empty() {
+            messages.next().await
+        } else {
+            tokio::select! {
+                biased;
+                m = messages.next() => m,
+                r = settle_front(js, shared, stats, &mut in_flight) => { r?; continue; }
+            }
+        };
+        let Some(msg) = next else { return Ok(()) };
+        let msg = msg.map_err(|e| BusError::js("reading identified reads", e))?;
+        let seq = msg
+            .info()
+            .map_err(|e| BusError::js("identified read metadata", e))?
+            .stream_sequence;
+        let read: v1::IdentifiedRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "identified consumer hiccup");
+                tracing::error!(error = %e, seq, "skipping undecodable identified read");
                 stats.error(&e);
                 continue;
             }
         };
         let cfg = config.borrow_and_update().clone();
-        handle(&js, &cfg, &shared, &stats, msg).await;
+        let outcome = {
+            let mut ballots = shared.ballots();
+            if ballots.is_decided(&read.read_id) {
+                tracing::debug!(read_id = %read.read_id, "already decided");
+                continue;
+            }
+            let mut outcome = rules::decide(&cfg, &ballots, &read, SystemTime::now());
+            if !options.partition.owns(&outcome.poll_id) {
+                continue;
+            }
+            outcome.identified_seq = seq;
+            outcome.partition = options.partition.to_string();
+            // Applied now so the next read sees it; stored before it counts
+            // anywhere outside this process (snapshots wait for the ack).
+            ballots.apply(&outcome, 0);
+            outcome
+        };
+        let subject = subjects::outcome(&outcome.poll_id, &outcome.reader_id);
+        let ack = publish::send_for_read(js, subject, &outcome.read_id, outcome.encode_to_vec().into()).await?;
+        tracing::debug!(read_id = %outcome.read_id, seq, kind = ?outcome.kind(), "decided");
+        in_flight.push_back(InFlight { outcome, ack });
     }
-    watcher.abort();
-    publisher.abort();
+}
+
+async fn settle_front(
+    js: &jetstream::Context,
+    shared: &Shared,
+    stats: &Stats,
+    in_flight: &mut VecDeque<InFlight>,
+) -> Result<(), BusError> {
+    match in_flight.pop_front() {
+        Some(f) => settle(js, shared, stats, f).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for one outcome's ack. A duplicate ack means an outcome for this
+/// read was stored before (another partition during a remap, or our own
+/// earlier attempt); if it is not the same decision, counts must be rebuilt.
+async fn settle(js: &jetstream::Context, shared: &Shared, stats: &Stats, f: InFlight) -> Result<(), BusError> {
+    let span = tracing::info_span!("tally", read_id = %f.outcome.read_id, reader = %f.outcome.reader_id);
+    let _e = span.enter();
+    let ack = f
+        .ack
+        .await
+        .map_err(|e| BusError::js(format!("ack of outcome {}", f.outcome.read_id), e))?;
+    if ack.duplicate {
+        let stored = js
+            .get_stream(names::STREAM_VOTES)
+            .await
+            .map_err(|e| BusError::js("looking up vote stream", e))?
+            .get_raw_message(ack.sequence)
+            .await
+            .map_err(|e| BusError::js("reading a stored outcome", e))?;
+        let stored: v1::VoteOutcome = tagpoll_bus::decode(&stored.subject, &stored.payload)?;
+        if !same_decision(&stored, &f.outcome) {
+            return Err(BusError::js(
+                "reconciling a duplicate outcome",
+                format!("read {} was already decided differently", f.outcome.read_id),
+            ));
+        }
+    }
+    {
+        let mut ballots = shared.ballots();
+        ballots.last_seq = ballots.last_seq.max(ack.sequence);
+    }
+    if !f.outcome.poll_id.is_empty() {
+        shared.mark_dirty(&f.outcome.poll_id);
+    }
+    stats.handled_one();
+    tracing::info!(
+        kind = ?f.outcome.kind(),
+        poll = %f.outcome.poll_id,
+        answer = %f.outcome.answer_id,
+        votes_seq = ack.sequence,
+        "outcome stored"
+    );
     Ok(())
 }
 
-async fn handle(
-    js: &jetstream::Context,
-    config: &EventConfig,
-    shared: &Shared,
-    stats: &Stats,
-    msg: Message,
-) {
-    let read: v1::IdentifiedRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "dropping undecodable identified read");
-            stats.error(&e);
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
-        }
-    };
-    let span = tracing::info_span!("tally", read_id = %read.read_id, reader = %read.reader_id);
-    async {
-        let outcome = {
-            let ballots = shared.ballots.lock().unwrap_or_else(|e| e.into_inner());
-            if ballots.is_decided(&read.read_id) {
-                None
-            } else {
-                Some(rules::decide(config, &ballots, &read, SystemTime::now()))
-            }
-        };
-        let Some(outcome) = outcome else {
-            tracing::debug!("already decided; acknowledging re-delivery");
-            let _ = msg.ack().await;
-            return;
-        };
-        let subject = subjects::outcome(&outcome.poll_id, &outcome.reader_id);
-        match publish::publish_for_read(js, subject, &outcome.read_id, outcome.encode_to_vec().into())
-            .await
-        {
-            Ok((seq, duplicate)) => {
-                shared
-                    .ballots
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .apply(&outcome, seq);
-                if !outcome.poll_id.is_empty() {
-                    shared.mark_dirty(&outcome.poll_id);
-                }
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(error = %e, "ack failed; re-delivery will find the read decided");
-                }
-                stats.handled_one();
-                tracing::info!(kind = ?outcome.kind(), poll = %outcome.poll_id, answer = %outcome.answer_id, duplicate, "decided");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not store outcome; retrying");
-                stats.error(&e);
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
-            }
+fn same_decision(a: &v1::VoteOutcome, b: &v1::VoteOutcome) -> bool {
+    (a.kind, a.poll_id.as_str(), a.answer_id.as_str(), a.previous_answer_id.as_str(), a.voter_id.as_str(), a.run)
+        == (b.kind, b.poll_id.as_str(), b.answer_id.as_str(), b.previous_answer_id.as_str(), b.voter_id.as_str(), b.run)
+}
+
+async fn mark_config_changes(mut config: watch::Receiver<Arc<EventConfig>>, shared: Arc<Shared>, partition: Partition) {
+    while config.changed().await.is_ok() {
+        let ids: Vec<String> = config.borrow_and_update().polls.keys().cloned().collect();
+        for id in ids.iter().filter(|id| partition.owns(id)) {
+            shared.mark_dirty(id);
         }
     }
-    .instrument(span)
-    .await
 }
 
 async fn publish_snapshots(
@@ -219,34 +324,27 @@ async fn publish_snapshots(
     results_kv: kv::Store,
     config: watch::Receiver<Arc<EventConfig>>,
     shared: Arc<Shared>,
-    interval: Duration,
+    options: TallyOptions,
 ) {
     loop {
         shared.wake.notified().await;
-        let dirty: Vec<String> =
-            std::mem::take(&mut *shared.dirty.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .collect();
+        let dirty: Vec<String> = std::mem::take(&mut *shared.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .collect();
         let cfg = config.borrow().clone();
         for poll_id in dirty {
-            let Some(poll) = cfg.polls.get(&poll_id) else {
+            let Some(poll) = cfg.polls.get(&poll_id) else { continue };
+            if !options.partition.owns(&poll_id) {
                 continue;
-            };
-            let results = shared
-                .ballots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .results(poll);
+            }
+            let results = shared.ballots().results(poll);
             let bytes: bytes::Bytes = results.encode_to_vec().into();
-            if let Err(e) = results_kv
-                .put(names::results_key(&poll_id), bytes.clone())
-                .await
-            {
+            if let Err(e) = results_kv.put(names::results_key(&poll_id), bytes.clone()).await {
                 tracing::warn!(error = %e, poll = %poll_id, "could not store results; will retry");
                 shared.mark_dirty(&poll_id);
             }
             let _ = client.publish(subjects::results(&poll_id), bytes).await;
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(options.snapshot_interval).await;
     }
 }

@@ -3,13 +3,16 @@
 use anyhow::Context;
 use clap::Parser;
 
-/// Serves the tagpoll JSON API and live results pages.
+/// Serves the tagpoll JSON API and live pages.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
     /// Address to listen on.
     #[arg(long = "http", env = "TAGPOLL_HTTP", default_value = "127.0.0.1:8080")]
     http: String,
+    /// Bearer token for /api/admin/; without it every admin call answers 503.
+    #[arg(long, env = "TAGPOLL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[tokio::main]
@@ -23,9 +26,11 @@ async fn main() -> anyhow::Result<()> {
     let client = tagpoll_bus::connect(&opts, true).await?;
     let js = async_nats::jetstream::new(client.clone());
     let buckets = tagpoll_bus::topology::ensure(&js).await?;
-    let config = tagpoll_bus::config::follow(&js, buckets.config).await?;
+    let config = tagpoll_bus::config::follow(&js, buckets.config.clone()).await?;
     let view = tagpoll_web::view::View::new(client, config, buckets.results);
+    let state =
+        tagpoll_web::app::AppState::start(view, buckets.config, args.admin_token.as_deref());
     tracing::info!("web listening on http://{}", listener.local_addr()?);
-    tagpoll_web::app::serve(listener, view, tagpoll_bus::shutdown_signal()).await?;
+    tagpoll_web::app::serve(listener, state, tagpoll_bus::shutdown_signal()).await?;
     Ok(())
 }

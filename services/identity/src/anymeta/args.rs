@@ -104,7 +104,7 @@ mod tests {
         assert_eq!(
             flat(json!({
                 "data": {"kind": "ARTEFACT", "text": {"title": "Hi", "intro": "x"}},
-                "ids": [65, 94],
+                "ids": [94, 65],
                 "field": ["text.title"],
                 "deep": [{"a": [1, {"b": "c"}]}],
             })),
@@ -112,8 +112,8 @@ mod tests {
                 ("data[kind]", "ARTEFACT"),
                 ("data[text][title]", "Hi"),
                 ("data[text][intro]", "x"),
-                ("ids[0]", "65"),
-                ("ids[1]", "94"),
+                ("ids[0]", "94"),
+                ("ids[1]", "65"),
                 ("field[0]", "text.title"),
                 ("deep[0][a][0]", "1"),
                 ("deep[0][a][1][b]", "c"),
