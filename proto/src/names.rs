@@ -11,8 +11,6 @@ pub const STREAM_VOTES: &str = "TAGPOLL_VOTES";
 
 /// Durable consumer of [`STREAM_READS`] shared by identity instances.
 pub const CONSUMER_IDENTITY: &str = "identity";
-/// Durable consumer of [`STREAM_IDENTIFIED`] used by the tally.
-pub const CONSUMER_TALLY: &str = "tally";
 
 /// Poll definitions, reader mappings, file-backend tags, event settings.
 pub const KV_CONFIG: &str = "tagpoll_config";

@@ -7,9 +7,12 @@
 //!   folder against that server, killed when dropped.
 //! - [`cli`]: runs the `tagpoll` command.
 //! - [`http_json`], [`eventually`]: small helpers for assertions.
+//! - [`reference`]: a plain reference model of the poll rules.
 //!
 //! A missing `nats-server` fails the test with instructions; nothing here
 //! ever skips.
+
+pub mod reference;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -17,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use tagpoll::dev::ServiceProcess;
 use tagpoll::nats_server::{NatsServer, ServerOptions};
+
+pub mod prosody;
 
 pub use tagpoll_proto::{names, subjects, v1};
 

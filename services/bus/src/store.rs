@@ -11,7 +11,6 @@ use prost::Message;
 use tagpoll_proto::names::config_keys;
 use tagpoll_proto::v1;
 
-
 /// A validated event, ready to be stored (parsed by `tagpoll check/load`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {

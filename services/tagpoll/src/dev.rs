@@ -143,6 +143,14 @@ impl ServiceProcess {
             terminate(&mut c, Duration::from_secs(5));
         }
     }
+
+    /// Kills the process at once (SIGKILL), as a crash or power cut would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Drop for ServiceProcess {

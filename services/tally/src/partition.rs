@@ -45,7 +45,8 @@ impl FromStr for Partition {
 
     /// `INDEX/COUNT`, e.g. `0/3`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("partition {s:?} is not INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/3");
+        let bad =
+            || format!("partition {s:?} is not INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/3");
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let index: u32 = i.trim().parse().map_err(|_| bad())?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;
@@ -74,7 +75,10 @@ mod tests {
 
     #[test]
     fn parses_and_rejects() {
-        assert_eq!("1/3".parse::<Partition>(), Ok(Partition { index: 1, count: 3 }));
+        assert_eq!(
+            "1/3".parse::<Partition>(),
+            Ok(Partition { index: 1, count: 3 })
+        );
         for bad in ["3/3", "1", "a/b", "0/0", "-1/2"] {
             assert!(bad.parse::<Partition>().is_err(), "{bad}");
         }

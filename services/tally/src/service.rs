@@ -121,7 +121,11 @@ pub async fn run(
         dirty: Mutex::new(BTreeSet::new()),
         wake: Notify::new(),
     });
-    let watcher = tokio::spawn(mark_config_changes(config.clone(), shared.clone(), options.partition));
+    let watcher = tokio::spawn(mark_config_changes(
+        config.clone(),
+        shared.clone(),
+        options.partition,
+    ));
     let publisher = tokio::spawn(publish_snapshots(
         client,
         results_kv,
@@ -243,7 +247,13 @@ async fn decide_loop(
             outcome
         };
         let subject = subjects::outcome(&outcome.poll_id, &outcome.reader_id);
-        let ack = publish::send_for_read(js, subject, &outcome.read_id, outcome.encode_to_vec().into()).await?;
+        let ack = publish::send_for_read(
+            js,
+            subject,
+            &outcome.read_id,
+            outcome.encode_to_vec().into(),
+        )
+        .await?;
         tracing::debug!(read_id = %outcome.read_id, seq, kind = ?outcome.kind(), "decided");
         in_flight.push_back(InFlight { outcome, ack });
     }
@@ -264,8 +274,14 @@ async fn settle_front(
 /// Waits for one outcome's ack. A duplicate ack means an outcome for this
 /// read was stored before (another partition during a remap, or our own
 /// earlier attempt); if it is not the same decision, counts must be rebuilt.
-async fn settle(js: &jetstream::Context, shared: &Shared, stats: &Stats, f: InFlight) -> Result<(), BusError> {
-    let span = tracing::info_span!("tally", read_id = %f.outcome.read_id, reader = %f.outcome.reader_id);
+async fn settle(
+    js: &jetstream::Context,
+    shared: &Shared,
+    stats: &Stats,
+    f: InFlight,
+) -> Result<(), BusError> {
+    let span =
+        tracing::info_span!("tally", read_id = %f.outcome.read_id, reader = %f.outcome.reader_id);
     let _e = span.enter();
     let ack = f
         .ack
@@ -306,11 +322,28 @@ async fn settle(js: &jetstream::Context, shared: &Shared, stats: &Stats, f: InFl
 }
 
 fn same_decision(a: &v1::VoteOutcome, b: &v1::VoteOutcome) -> bool {
-    (a.kind, a.poll_id.as_str(), a.answer_id.as_str(), a.previous_answer_id.as_str(), a.voter_id.as_str(), a.run)
-        == (b.kind, b.poll_id.as_str(), b.answer_id.as_str(), b.previous_answer_id.as_str(), b.voter_id.as_str(), b.run)
+    (
+        a.kind,
+        a.poll_id.as_str(),
+        a.answer_id.as_str(),
+        a.previous_answer_id.as_str(),
+        a.voter_id.as_str(),
+        a.run,
+    ) == (
+        b.kind,
+        b.poll_id.as_str(),
+        b.answer_id.as_str(),
+        b.previous_answer_id.as_str(),
+        b.voter_id.as_str(),
+        b.run,
+    )
 }
 
-async fn mark_config_changes(mut config: watch::Receiver<Arc<EventConfig>>, shared: Arc<Shared>, partition: Partition) {
+async fn mark_config_changes(
+    mut config: watch::Receiver<Arc<EventConfig>>,
+    shared: Arc<Shared>,
+    partition: Partition,
+) {
     while config.changed().await.is_ok() {
         let ids: Vec<String> = config.borrow_and_update().polls.keys().cloned().collect();
         for id in ids.iter().filter(|id| partition.owns(id)) {
@@ -328,18 +361,24 @@ async fn publish_snapshots(
 ) {
     loop {
         shared.wake.notified().await;
-        let dirty: Vec<String> = std::mem::take(&mut *shared.dirty.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_iter()
-            .collect();
+        let dirty: Vec<String> =
+            std::mem::take(&mut *shared.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
         let cfg = config.borrow().clone();
         for poll_id in dirty {
-            let Some(poll) = cfg.polls.get(&poll_id) else { continue };
+            let Some(poll) = cfg.polls.get(&poll_id) else {
+                continue;
+            };
             if !options.partition.owns(&poll_id) {
                 continue;
             }
             let results = shared.ballots().results(poll);
             let bytes: bytes::Bytes = results.encode_to_vec().into();
-            if let Err(e) = results_kv.put(names::results_key(&poll_id), bytes.clone()).await {
+            if let Err(e) = results_kv
+                .put(names::results_key(&poll_id), bytes.clone())
+                .await
+            {
                 tracing::warn!(error = %e, poll = %poll_id, "could not store results; will retry");
                 shared.mark_dirty(&poll_id);
             }

@@ -2,7 +2,7 @@
 //! remaps, re-deliveries) through the real rules and ballots give the same
 //! counts as a deliberately simple reference model.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use proptest::prelude::*;
@@ -11,20 +11,34 @@ use tagpoll_bus::config::EventConfig;
 use tagpoll_proto::v1::{self, PollState, VoteMode};
 use tagpoll_tally::ballots::Ballots;
 use tagpoll_tally::rules;
+use tagpoll_tests::reference::{Model, ModelRules as PollRules};
 
 const POLLS: [&str; 2] = ["p", "q"];
 const ANSWERS: [&str; 3] = ["a", "b", "c"];
 const READERS: [&str; 4] = ["r0", "r1", "r2", "r3"];
 /// Voters: named people, anonymous tags, and a tag nobody knows (None).
-const VOTERS: [Option<&str>; 5] = [Some("file:ann"), Some("file:ben"), Some("anon:1"), Some("anon:2"), None];
+const VOTERS: [Option<&str>; 5] = [
+    Some("file:ann"),
+    Some("file:ben"),
+    Some("anon:1"),
+    Some("anon:2"),
+    None,
+];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Tap { reader: usize, voter: usize },
+    Tap {
+        reader: usize,
+        voter: usize,
+    },
     Redeliver(usize),
     Open(usize),
     Close(usize),
-    Remap { reader: usize, poll: usize, answer: usize },
+    Remap {
+        reader: usize,
+        poll: usize,
+        answer: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -38,85 +52,52 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-#[derive(Debug, Clone)]
-struct PollRules {
-    change: bool,
-    max: usize,
-    anon: bool,
-}
-
 fn rules_strategy() -> impl Strategy<Value = PollRules> {
-    (any::<bool>(), 1..=3usize, any::<bool>()).prop_map(|(change, max, anon)| PollRules { change, max, anon })
-}
-
-/// The reference: what one person's taps should count, said as plainly as possible.
-#[derive(Default)]
-struct Model {
-    open: HashMap<String, bool>,
-    rules: HashMap<String, PollRules>,
-    map: HashMap<String, (String, String)>,
-    choices: HashMap<(String, String), Vec<String>>,
-    seen: HashSet<String>,
-}
-
-impl Model {
-    fn tap(&mut self, read_id: &str, reader: &str, voter: Option<&str>) {
-        if !self.seen.insert(read_id.to_string()) {
-            return; // a re-delivery changes nothing
-        }
-        let Some((poll, answer)) = self.map.get(reader).cloned() else { return };
-        if !self.open[&poll] {
-            return;
-        }
-        let Some(voter) = voter else { return };
-        let rules = self.rules[&poll].clone();
-        if voter.starts_with("anon:") && !rules.anon {
-            return;
-        }
-        let mine = self.choices.entry((poll, voter.to_string())).or_default();
-        if mine.contains(&answer) {
-            return;
-        }
-        if mine.len() < rules.max {
-            mine.push(answer);
-        } else if rules.change {
-            mine.remove(0);
-            mine.push(answer);
-        }
-    }
-
-    fn counts(&self, poll: &str) -> HashMap<String, u64> {
-        let mut c = HashMap::new();
-        for ((p, _), answers) in &self.choices {
-            if p == poll {
-                for a in answers {
-                    *c.entry(a.clone()).or_default() += 1;
-                }
-            }
-        }
-        c
-    }
+    (any::<bool>(), 1..=3usize, any::<bool>()).prop_map(|(change, max, anon)| PollRules {
+        change,
+        max,
+        anon,
+    })
 }
 
 fn poll_def(id: &str, r: &PollRules, open: bool) -> v1::PollDefinition {
     v1::PollDefinition {
         poll_id: id.into(),
         question: id.into(),
-        answers: ANSWERS.iter().map(|a| v1::Answer { id: a.to_string(), label: a.to_string() }).collect(),
+        answers: ANSWERS
+            .iter()
+            .map(|a| v1::Answer {
+                id: a.to_string(),
+                label: a.to_string(),
+            })
+            .collect(),
         rules: Some(v1::PollRules {
-            mode: if r.change { VoteMode::LastCounts } else { VoteMode::FirstStands } as i32,
+            mode: if r.change {
+                VoteMode::LastCounts
+            } else {
+                VoteMode::FirstStands
+            } as i32,
             max_choices: r.max as u32,
             allow_anonymous: r.anon,
             ..Default::default()
         }),
-        state: if open { PollState::Open } else { PollState::Closed } as i32,
+        state: if open {
+            PollState::Open
+        } else {
+            PollState::Closed
+        } as i32,
         ..Default::default()
     }
 }
 
 fn mapping(reader: &str, poll: &str, answer: &str) -> Vec<u8> {
-    v1::ReaderMapping { reader_id: reader.into(), poll_id: poll.into(), answer_id: answer.into(), ..Default::default() }
-        .encode_to_vec()
+    v1::ReaderMapping {
+        reader_id: reader.into(),
+        poll_id: poll.into(),
+        answer_id: answer.into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 fn identified(read_id: &str, reader: &str, voter: Option<&str>) -> v1::IdentifiedRead {

@@ -304,6 +304,12 @@ impl Monitor {
                 services.push(json);
             }
         }
+        // A reader without health of its own (simulated readers send none)
+        // is as online as the device its last tap came through.
+        let mut device_online: HashMap<&str, bool> = HashMap::new();
+        for d in &devices {
+            *device_online.entry(d.name.as_str()).or_default() |= d.online;
+        }
         let mut ids: Vec<&String> = config.readers.keys().collect();
         ids.extend(health.keys());
         ids.extend(st.readers.keys());
@@ -325,7 +331,11 @@ impl Monitor {
                     device: h
                         .map(|(d, _, _)| d.clone())
                         .or_else(|| seen.map(|s| s.device.clone())),
-                    online: h.is_some_and(|(_, online, _)| *online) && state != "disconnected",
+                    online: match (h, seen) {
+                        (Some((_, online, _)), _) => *online && state != "disconnected",
+                        (None, Some(s)) => device_online.get(s.device.as_str()) == Some(&true),
+                        (None, None) => false,
+                    },
                     state,
                     last_tap_at: ts(later(
                         h.and_then(|(_, _, r)| r.last_tap_at),

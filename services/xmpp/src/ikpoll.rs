@@ -297,6 +297,8 @@ mod tests {
         );
         let xml = crate::xml::to_xml(&e);
         assert!(xml.starts_with("<rsp"), "{xml}");
+        let wrapped = crate::xml::to_xml(&crate::pubsub::publish_item("vote/p1", "r-1", e.clone()));
+        assert!(wrapped.contains("<rsp xmlns=''>"), "{wrapped}");
     }
 
     #[test]

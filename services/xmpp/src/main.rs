@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use tagpoll_xmpp::{config::Config, service};
+use tagpoll_xmpp::{config::Config, service, xmpp::Connect};
 
 /// Publishes poll results to XMPP publish-subscribe nodes and republishes
 /// notifications from XMPP nodes on NATS.
@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
     tagpoll_bus::telemetry::init();
     let _ = Args::parse();
     let cfg = Config::from_env()?;
+    let connect = Connect::from_config(&cfg).await?;
     // One TLS stack: rustls with ring.
     let _ = tokio_xmpp::rustls::crypto::ring::default_provider().install_default();
     let opts = tagpoll_bus::BusOptions::from_env("tagpoll-xmpp")?;
@@ -37,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let stats = Arc::new(tagpoll_bus::heartbeat::Stats::default());
     tagpoll_bus::heartbeat::spawn_service(client.clone(), "xmpp", stats.clone());
     tokio::select! {
-        r = service::run(client, js, buckets.results, config, cfg, stats) => r?,
+        r = service::run(client, js, buckets.results, config, cfg, connect, stats) => r?,
         _ = tagpoll_bus::shutdown_signal() => tracing::info!("shutting down"),
     }
     Ok(())

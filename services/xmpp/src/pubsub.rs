@@ -237,7 +237,7 @@ mod tests {
         );
         let xml = crate::xml::to_xml(&e);
         for needle in [
-            "node=\"tagpoll/e/p1\"",
+            "node='tagpoll/e/p1'",
             "pubsub#node_config",
             "pubsub#access_model",
             "<value>open</value>",

@@ -279,7 +279,7 @@ pub(crate) mod tests {
         let s = snapshot(Some(&def(false)), Some(&stored(2, 3, 1, 9))).unwrap();
         let e = results_payload("ev1", &s);
         let xml = crate::xml::to_xml(&e);
-        assert!(xml.contains("xmlns=\"urn:tagpoll:results:1\""), "{xml}");
+        assert!(xml.contains("xmlns='urn:tagpoll:results:1'"), "{xml}");
         let parsed = parse_results(&xml.parse().unwrap()).unwrap();
         assert_eq!(
             parsed,

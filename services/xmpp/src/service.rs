@@ -46,15 +46,16 @@ enum Input {
 }
 
 /// Runs the bridge until the XMPP client or a NATS subscription ends for good.
+/// `connect` comes from [`Connect::from_config`] (checked before NATS is touched).
 pub async fn run(
     client: async_nats::Client,
     js: jetstream::Context,
     results_kv: kv::Store,
     config: watch::Receiver<Arc<EventConfig>>,
     cfg: Config,
+    connect: Connect,
     stats: Arc<Stats>,
 ) -> anyhow::Result<()> {
-    let connect = Connect::from_config(&cfg).await?;
     tracing::info!(
         jid = %cfg.jid,
         pubsub = %cfg.pubsub,

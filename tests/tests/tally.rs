@@ -1,0 +1,328 @@
+//! The tally against a real nats-server: live poll control through the
+//! `tagpoll` command, and exact counts while the tally is SIGKILLed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use prost::Message;
+use rand::{Rng, SeedableRng};
+use tagpoll_tests::reference::{Model, ModelRules};
+use tagpoll_tests::*;
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Counts per answer of a poll from KV `tagpoll_results` (zeros left out).
+async fn stored_counts(js: &async_nats::jetstream::Context, poll: &str) -> HashMap<String, u64> {
+    let kv = js
+        .get_key_value(names::KV_RESULTS)
+        .await
+        .expect("results bucket");
+    match kv.get(names::results_key(poll)).await.expect("results get") {
+        Some(b) => v1::PollResults::decode(b.as_ref())
+            .expect("results decode")
+            .answers
+            .into_iter()
+            .filter(|a| a.votes > 0)
+            .map(|a| (a.answer_id, a.votes))
+            .collect(),
+        None => HashMap::new(),
+    }
+}
+
+const CONTROL_EVENT: &str = r#"
+[event]
+id = "control"
+identity = ["file", "anonymous"]
+
+[[polls]]
+id = "p"
+question = "Which?"
+allow_anonymous = true
+answers = [{ id = "yes", label = "Yes" }, { id = "no", label = "No" }]
+
+[[readers]]
+id = "r1"
+poll = "p"
+answer = "yes"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_close_and_remap_take_effect_live_through_commands() {
+    let bus = TestBus::start();
+    ok(&bus.cli(&["load", &write_file(&bus, "event.toml", CONTROL_EVENT)]));
+    let _identity = bus.service("tagpoll-identity", &[], &[]);
+    let _tally = bus.service("tagpoll-tally", &[], &[]);
+
+    let tap = |tag: &str| bus.cli(&["tap", "--reader", "r1", "--tag", tag]);
+    assert!(ok(&tap("01020304")).contains("ACCEPTED  poll=p answer=yes"));
+
+    assert_eq!(
+        ok(&bus.cli(&["poll", "close", "p"])).trim(),
+        "poll p is closed"
+    );
+    let line = ok(&tap("01020305"));
+    assert!(
+        line.contains("REJECTED") && line.contains("reason=poll_closed"),
+        "{line}"
+    );
+
+    assert_eq!(
+        ok(&bus.cli(&["poll", "open", "p"])).trim(),
+        "poll p is open"
+    );
+    assert!(ok(&tap("01020306")).contains("ACCEPTED  poll=p answer=yes"));
+
+    assert_eq!(
+        ok(&bus.cli(&["reader", "map", "r1", "p", "no"])).trim(),
+        "reader r1 now votes no in poll p"
+    );
+    assert!(ok(&tap("01020307")).contains("ACCEPTED  poll=p answer=no"));
+
+    // Errors name what was wrong.
+    let bad = bus.cli(&["reader", "map", "r1", "p", "maybe"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("poll \"p\" has no answer \"maybe\"; it has yes, no")
+    );
+    let bad = bus.cli(&["poll", "open", "nope"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no poll \"nope\" is loaded"));
+
+    let js = async_nats::jetstream::new(bus.client().await);
+    let want: HashMap<String, u64> = [("yes".to_string(), 2), ("no".to_string(), 1)].into();
+    eventually(Duration::from_secs(10), "results", || {
+        let js = js.clone();
+        let want = want.clone();
+        async move {
+            let got = stored_counts(&js, "p").await;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        }
+    })
+    .await;
+    let table = ok(&bus.cli(&["results", "p"]));
+    assert!(table.contains("Which? (p, open)"), "{table}");
+}
+
+const CRASH_EVENT: &str = r#"
+[event]
+id = "crash"
+identity = ["file", "anonymous"]
+
+[[polls]]
+id = "first"
+question = "First vote stands"
+allow_anonymous = true
+answers = [{ id = "a", label = "A" }, { id = "b", label = "B" }, { id = "c", label = "C" }]
+
+[[polls]]
+id = "change"
+question = "Last vote counts, two choices"
+mode = "change"
+max_choices = 2
+allow_anonymous = true
+answers = [{ id = "x", label = "X" }, { id = "y", label = "Y" }, { id = "z", label = "Z" }]
+
+[[readers]]
+id = "ra"
+poll = "first"
+answer = "a"
+
+[[readers]]
+id = "rb"
+poll = "first"
+answer = "b"
+
+[[readers]]
+id = "rc"
+poll = "first"
+answer = "c"
+
+[[readers]]
+id = "rx"
+poll = "change"
+answer = "x"
+
+[[readers]]
+id = "ry"
+poll = "change"
+answer = "y"
+
+[[readers]]
+id = "rz"
+poll = "change"
+answer = "z"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_stay_exact_when_the_tally_is_killed_during_5000_taps() {
+    const TAPS: usize = 5000;
+    const VOTERS: usize = 400;
+    let bus = TestBus::start();
+    ok(&bus.cli(&["load", &write_file(&bus, "event.toml", CRASH_EVENT)]));
+    let _identity = bus.service("tagpoll-identity", &[], &[]);
+    let mut tally = bus.service("tagpoll-tally", &[], &[]);
+
+    let mut model = Model::default();
+    for (poll, change, max) in [("first", false, 1), ("change", true, 2)] {
+        model.open.insert(poll.into(), true);
+        model.rules.insert(
+            poll.into(),
+            ModelRules {
+                change,
+                max,
+                anon: true,
+            },
+        );
+    }
+    let readers = [
+        ("ra", "first", "a"),
+        ("rb", "first", "b"),
+        ("rc", "first", "c"),
+        ("rx", "change", "x"),
+        ("ry", "change", "y"),
+        ("rz", "change", "z"),
+    ];
+    for (r, p, a) in readers {
+        model.map.insert(r.into(), (p.into(), a.into()));
+    }
+
+    // Taps are published in this order over one connection; identity and the
+    // tally keep stream order, so the model sees the same order.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261126);
+    let taps: Vec<(String, &str, Vec<u8>)> = (0..TAPS)
+        .map(|i| {
+            let voter = rng.random_range(0..VOTERS) as u32;
+            let reader = readers[rng.random_range(0..readers.len())].0;
+            (format!("crash-{i}"), reader, voter.to_be_bytes().to_vec())
+        })
+        .collect();
+
+    let client = bus.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let publisher = {
+        let js = js.clone();
+        let taps = taps.clone();
+        tokio::spawn(async move {
+            let mut acks = std::collections::VecDeque::new();
+            for (read_id, reader, uid) in &taps {
+                let read = v1::TagRead {
+                    read_id: read_id.clone(),
+                    device_id: "crashdev".into(),
+                    reader_id: reader.to_string(),
+                    tag_uid: uid.clone(),
+                    technology: v1::TagTechnology::Simulated as i32,
+                    read_at: Some(tagpoll_proto::now()),
+                    device_seq: 0,
+                };
+                let ack = tagpoll_bus::publish::send_for_read(
+                    &js,
+                    subjects::read("crashdev", reader),
+                    read_id,
+                    read.encode_to_vec().into(),
+                )
+                .await
+                .expect("publish tap");
+                acks.push_back(ack);
+                if acks.len() >= 128 {
+                    acks.pop_front().unwrap().await.expect("tap ack");
+                }
+            }
+            for a in acks {
+                a.await.expect("tap ack");
+            }
+        })
+    };
+
+    // Kill the tally at random moments while taps flow, and bring it back.
+    let votes = js.get_stream(names::STREAM_VOTES).await.unwrap();
+    let mut kills = 0;
+    while kills < 6 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..700))).await;
+        tally.kill();
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
+        tally.start().unwrap();
+        let decided = votes.clone().info().await.unwrap().state.messages;
+        if decided as usize >= TAPS {
+            break;
+        }
+    }
+    publisher.await.unwrap();
+    assert!(
+        kills >= 3,
+        "the tally must have been killed a few times mid-run ({kills})"
+    );
+
+    for (read_id, reader, uid) in &taps {
+        let voter = format!("anon:{}", hex::encode(uid));
+        model.tap(read_id, reader, Some(&voter));
+    }
+
+    eventually(Duration::from_secs(60), "one outcome per tap", || {
+        let votes = votes.clone();
+        async move {
+            let n = votes
+                .clone()
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .messages;
+            if n as usize == TAPS {
+                Ok(())
+            } else {
+                Err(format!("{n} outcomes"))
+            }
+        }
+    })
+    .await;
+    for poll in ["first", "change"] {
+        let want = model.counts(poll);
+        eventually(
+            Duration::from_secs(20),
+            &format!("counts of {poll}"),
+            || {
+                let js = js.clone();
+                let want = want.clone();
+                async move {
+                    let got = stored_counts(&js, poll).await;
+                    if got == want {
+                        Ok(())
+                    } else {
+                        Err(format!("got {got:?}, want {want:?}"))
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    // And no read was decided twice: every outcome's read id is distinct.
+    let mut ids = std::collections::HashSet::new();
+    let consumer = votes
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap().take(TAPS);
+    while let Some(m) = msgs.next().await {
+        let o = v1::VoteOutcome::decode(m.unwrap().payload.as_ref()).unwrap();
+        assert!(
+            ids.insert(o.read_id.clone()),
+            "read {} decided twice",
+            o.read_id
+        );
+    }
+    assert_eq!(ids.len(), TAPS);
+}
