@@ -114,6 +114,47 @@ async fn open_close_and_remap_take_effect_live_through_commands() {
     .await;
     let table = ok(&bus.cli(&["results", "p"]));
     assert!(table.contains("Which? (p, open)"), "{table}");
+
+    // Audit: the recount from the vote stream equals the live counts.
+    let replay = ok(&bus.cli(&["replay", "p"]));
+    assert!(replay.contains("recount of 4 outcomes"), "{replay}");
+    assert!(
+        replay.contains("live counts are equal to the recount"),
+        "{replay}"
+    );
+    let csv = ok(&bus.cli(&["export", "p", "--format", "csv"]));
+    assert!(
+        csv.starts_with("id,label,votes\nyes,Yes,2\nno,No,1\n\nseq,decided_at,read_id,"),
+        "{csv}"
+    );
+    assert_eq!(
+        csv.lines().filter(|l| l.contains(",voter-")).count(),
+        4,
+        "{csv}"
+    );
+    assert!(
+        !csv.contains("anon:"),
+        "voter ids are pseudonymous by default: {csv}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&bus.cli(&[
+        "export",
+        "p",
+        "--format",
+        "json",
+        "--voter-ids",
+    ])))
+    .unwrap();
+    assert_eq!(json["total"], 3);
+    assert_eq!(json["votes"].as_array().unwrap().len(), 4);
+    assert!(
+        json["votes"][0]["voter"]
+            .as_str()
+            .unwrap()
+            .starts_with("anon:")
+    );
+    assert_eq!(json["votes"][1]["reason"], "poll_closed");
+    let bad = bus.cli(&["export", "p", "--format", "xml"]);
+    assert!(!bad.status.success());
 }
 
 const CRASH_EVENT: &str = r#"

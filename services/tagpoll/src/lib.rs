@@ -2,10 +2,12 @@
 //! show results, and run the whole system on one machine.
 //!
 //! # Layout
+//! - [`audit`]: recounting a poll from the vote stream, and exports.
 //! - [`event`]: the event file format and its validation (pure).
 //! - [`show`]: human-readable lines and tables for outcomes and results.
 //! - [`nats_server`]: finding and supervising a private `nats-server`.
 //! - [`dev`]: `tagpoll dev`, the whole system as child processes.
+pub mod audit;
 pub mod dev;
 pub mod event;
 pub mod nats_server;

@@ -70,6 +70,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Recount a poll from the vote stream and compare with the live counts.
+    Replay { poll: String },
+    /// Write a poll's results and vote log (pseudonymous voter ids by default).
+    Export {
+        poll: String,
+        #[arg(long, value_parser = ["csv", "json"], default_value = "csv")]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Keep the voter ids as stored (file:alice, anymeta:123) instead of voter-1, voter-2, …
+        #[arg(long)]
+        voter_ids: bool,
+    },
     /// Open or close a poll.
     Poll {
         #[command(subcommand)]
@@ -173,6 +187,13 @@ async fn main() -> anyhow::Result<()> {
         } => tap(reader, tag, device, no_wait).await?,
         Cmd::Tail { all } => tail(all).await?,
         Cmd::Results { poll, json } => results(poll, json).await?,
+        Cmd::Replay { poll } => replay(poll).await?,
+        Cmd::Export {
+            poll,
+            format,
+            output,
+            voter_ids,
+        } => export(poll, format, output, voter_ids).await?,
         Cmd::Poll { action } => {
             let bus = bus().await?;
             let (poll, state) = match action {
@@ -306,11 +327,7 @@ async fn tail(all: bool) -> anyhow::Result<()> {
 
 async fn results(poll_id: String, json: bool) -> anyhow::Result<()> {
     let bus = bus().await?;
-    let key = names::config_keys::poll(&poll_id);
-    let poll = match bus.buckets.config.get(&key).await? {
-        Some(b) => v1::PollDefinition::decode(b.as_ref())?,
-        None => bail!("no poll {poll_id:?} is loaded"),
-    };
+    let poll = load_poll(&bus, &poll_id).await?;
     let stored = match bus
         .buckets
         .results
@@ -342,6 +359,128 @@ async fn results(poll_id: String, json: bool) -> anyhow::Result<()> {
         );
     } else {
         print!("{}", show::results_table(&poll, &counts));
+    }
+    Ok(())
+}
+
+async fn load_poll(bus: &Bus, poll_id: &str) -> anyhow::Result<v1::PollDefinition> {
+    match bus
+        .buckets
+        .config
+        .get(names::config_keys::poll(poll_id))
+        .await?
+    {
+        Some(b) => Ok(v1::PollDefinition::decode(b.as_ref())?),
+        None => bail!("no poll {poll_id:?} is loaded"),
+    }
+}
+
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+async fn replay(poll_id: String) -> anyhow::Result<()> {
+    let bus = bus().await?;
+    let poll = load_poll(&bus, &poll_id).await?;
+    let bar = progress_bar("replaying the vote stream");
+    let log = tagpoll::audit::read_poll_log(&bus.js, &poll_id, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let recounted = tagpoll::audit::recount(&log, &poll);
+    // The live snapshot may trail by one coalescing interval: give it a moment.
+    let mut live = show::Counts::new();
+    for _ in 0..20 {
+        let stored = match bus
+            .buckets
+            .results
+            .get(names::results_key(&poll_id))
+            .await?
+        {
+            Some(b) => Some(v1::PollResults::decode(b.as_ref())?),
+            None => None,
+        };
+        live = stored
+            .filter(|r| r.run == poll.run)
+            .map(|r| {
+                r.answers
+                    .into_iter()
+                    .map(|a| (a.answer_id, a.votes))
+                    .collect()
+            })
+            .unwrap_or_default();
+        live.retain(|_, v| *v > 0);
+        let mut r = recounted.clone();
+        r.retain(|_, v| *v > 0);
+        if live == r {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "recount of {} outcomes from {}:",
+        log.outcomes.len(),
+        names::STREAM_VOTES
+    );
+    print!("{}", show::results_table(&poll, &recounted));
+    let mut r = recounted.clone();
+    r.retain(|_, v| *v > 0);
+    if live == r {
+        println!("live counts are equal to the recount");
+        Ok(())
+    } else {
+        println!("live counts differ:");
+        print!("{}", show::results_table(&poll, &live));
+        bail!("live counts of {poll_id} differ from the recount")
+    }
+}
+
+async fn export(
+    poll_id: String,
+    format: String,
+    output: Option<PathBuf>,
+    voter_ids: bool,
+) -> anyhow::Result<()> {
+    let bus = bus().await?;
+    let poll = load_poll(&bus, &poll_id).await?;
+    let bar = progress_bar("reading the vote stream");
+    let log = tagpoll::audit::read_poll_log(&bus.js, &poll_id, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let voters = if voter_ids {
+        tagpoll::audit::VoterIds::AsStored
+    } else {
+        tagpoll::audit::VoterIds::Pseudonymous
+    };
+    let json = format == "json";
+    match output {
+        Some(path) => {
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("--output {}", path.display()))?,
+            );
+            tagpoll::audit::export(&mut f, &poll, &log, json, voters)?;
+            use std::io::Write;
+            f.flush()?;
+            eprintln!(
+                "wrote {} outcomes of {poll_id} to {}",
+                log.outcomes.len(),
+                path.display()
+            );
+        }
+        None => tagpoll::audit::export(&mut std::io::stdout().lock(), &poll, &log, json, voters)?,
     }
     Ok(())
 }
