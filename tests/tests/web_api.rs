@@ -553,7 +553,7 @@ async fn first_sse_event(site: &str, path: &str) -> Value {
 
 /// Reads a Server-Sent Events stream event by event, pings skipped.
 struct SseReader {
-    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    resp: reqwest::Response,
     buf: String,
 }
 
@@ -573,7 +573,7 @@ impl SseReader {
                 .starts_with("text/event-stream")
         );
         SseReader {
-            body: Box::pin(resp.bytes_stream()),
+            resp,
             buf: String::new(),
         }
     }
@@ -596,11 +596,11 @@ impl SseReader {
                     return (name, serde_json::from_str(&data).unwrap_or(Value::Null));
                 }
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(20), self.body.next())
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.resp.chunk())
                 .await
                 .expect("no SSE event within 20 s")
-                .expect("stream ended")
-                .expect("stream error");
+                .expect("stream error")
+                .expect("stream ended");
             self.buf.push_str(&String::from_utf8_lossy(&chunk));
         }
     }

@@ -135,7 +135,7 @@ async fn wait_stored_item(
     mut pred: impl FnMut(&Element) -> bool,
 ) -> (String, Element) {
     let start = Instant::now();
-    let mut last = String::new();
+    let mut last;
     loop {
         match c.items(PUBSUB, node).await {
             Ok(items) => {
