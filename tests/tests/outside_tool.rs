@@ -13,7 +13,11 @@ fn repo() -> PathBuf {
 
 fn python() -> PathBuf {
     let p = repo().join(".venv/bin/python");
-    assert!(p.is_file(), "{} missing: run scripts/setup.sh (installs grpcio-tools and nats-py)", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/setup.sh (installs grpcio-tools and nats-py)",
+        p.display()
+    );
     p
 }
 
@@ -51,7 +55,11 @@ async fn python_decodes_live_outcomes_with_a_stock_protoc() {
         .arg(repo().join("proto/tagpoll/v1/tagpoll.proto"))
         .output()
         .expect("run grpc_tools.protoc");
-    assert!(out.status.success(), "protoc failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "protoc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(generated.join("tagpoll/v1/tagpoll_pb2.py").is_file());
 
     let load = bus.cli(&["load", &write_file(&bus, "event.toml", EVENT)]);
@@ -76,15 +84,29 @@ async fn python_decodes_live_outcomes_with_a_stock_protoc() {
     tap(&js, "d", "rb", &[1, 2, 3, 4], "py-2").await;
     tap(&js, "d", "rb", &[9, 9, 9, 9], "py-3").await;
 
-    let out = tokio::task::spawn_blocking(move || follower.wait_with_output()).await.unwrap().unwrap();
-    assert!(out.status.success(), "python follower failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::task::spawn_blocking(move || follower.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python follower failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
     let got: Vec<(&str, &str, &str, &str)> = lines
         .iter()
-        .map(|l| (l["read_id"].as_str().unwrap(), l["kind"].as_str().unwrap(), l["poll"].as_str().unwrap(), l["answer"].as_str().unwrap()))
+        .map(|l| {
+            (
+                l["read_id"].as_str().unwrap(),
+                l["kind"].as_str().unwrap(),
+                l["poll"].as_str().unwrap(),
+                l["answer"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         got,

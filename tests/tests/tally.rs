@@ -367,3 +367,93 @@ async fn counts_stay_exact_when_the_tally_is_killed_during_5000_taps() {
     }
     assert_eq!(ids.len(), TAPS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tally_partitions_share_an_event_without_sharing_a_poll() {
+    use tagpoll_tally::partition::Partition;
+    let (p0, p1) = (
+        Partition { index: 0, count: 2 },
+        Partition { index: 1, count: 2 },
+    );
+    // Poll ids with one owner each.
+    let mine = |p: Partition| {
+        (0..100)
+            .map(|i| format!("poll{i}"))
+            .find(|id| p.owns(id))
+            .unwrap()
+    };
+    let (poll_a, poll_b) = (mine(p0), mine(p1));
+    let event = format!(
+        r#"
+[event]
+id = "parts"
+identity = ["anonymous"]
+[[polls]]
+id = "{poll_a}"
+question = "A?"
+allow_anonymous = true
+answers = [{{ id = "y", label = "Y" }}]
+[[polls]]
+id = "{poll_b}"
+question = "B?"
+allow_anonymous = true
+answers = [{{ id = "y", label = "Y" }}]
+[[readers]]
+id = "ra"
+poll = "{poll_a}"
+answer = "y"
+[[readers]]
+id = "rb"
+poll = "{poll_b}"
+answer = "y"
+"#
+    );
+    let bus = TestBus::start();
+    ok(&bus.cli(&["load", &write_file(&bus, "event.toml", &event)]));
+    let _identity = bus.service("tagpoll-identity", &[], &[]);
+    let _t0 = bus.service("tagpoll-tally", &["--partition", "0/2"], &[]);
+    let _t1 = bus.service("tagpoll-tally", &[], &[("TAGPOLL_TALLY_PARTITION", "1/2")]);
+    let js = async_nats::jetstream::new(bus.client().await);
+    for i in 0u32..40 {
+        let reader = if i % 2 == 0 { "ra" } else { "rb" };
+        tap(
+            &js,
+            "d",
+            reader,
+            &(i / 4).to_be_bytes(),
+            &format!("part-{i}"),
+        )
+        .await;
+    }
+    // 10 voters per poll, each tapping twice: 10 votes per poll.
+    for poll in [&poll_a, &poll_b] {
+        eventually(Duration::from_secs(20), "partitioned counts", || {
+            let js = js.clone();
+            async move {
+                let got = stored_counts(&js, poll).await;
+                if got.get("y") == Some(&10) {
+                    Ok(())
+                } else {
+                    Err(format!("{poll}: {got:?}"))
+                }
+            }
+        })
+        .await;
+    }
+    // Exactly one outcome per read, each decided by its poll's owner.
+    let votes = js.get_stream(names::STREAM_VOTES).await.unwrap();
+    let consumer = votes
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap().take(40);
+    let mut ids = std::collections::HashSet::new();
+    while let Some(m) = msgs.next().await {
+        let o = v1::VoteOutcome::decode(m.unwrap().payload.as_ref()).unwrap();
+        let owner = if o.poll_id == poll_a { "0/2" } else { "1/2" };
+        assert_eq!(o.partition, owner, "{o:?}");
+        assert!(ids.insert(o.read_id));
+    }
+    assert_eq!(ids.len(), 40);
+    assert_eq!(votes.clone().info().await.unwrap().state.messages, 40);
+}
