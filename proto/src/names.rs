@@ -9,6 +9,10 @@ pub const STREAM_IDENTIFIED: &str = "TAGPOLL_IDENTIFIED";
 /// The vote stream: one outcome per identified read (`tagpoll.outcomes.>`).
 pub const STREAM_VOTES: &str = "TAGPOLL_VOTES";
 
+/// The last heartbeat of every sender (memory storage, one per subject), so
+/// `tagpoll status` also sees senders that went silent.
+pub const STREAM_HEARTBEATS: &str = "TAGPOLL_HEARTBEATS";
+
 /// Durable consumer of [`STREAM_READS`] shared by identity instances.
 pub const CONSUMER_IDENTITY: &str = "identity";
 

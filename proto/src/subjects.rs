@@ -75,6 +75,10 @@ pub fn xmpp_in(node: &str) -> String {
     s
 }
 
+/// Request/reply, scatter-gather: every service instance answers with its
+/// live state as a `Heartbeat`.
+pub const ADMIN_STATUS: &str = "tagpoll.admin.status";
+
 #[cfg(test)]
 mod tests {
     use super::*;

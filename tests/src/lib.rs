@@ -14,8 +14,9 @@
 
 pub mod reference;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tagpoll::dev::ServiceProcess;
@@ -234,4 +235,84 @@ pub fn write_file(bus: &TestBus, name: &str, text: &str) -> String {
     let p = bus.path().join(name);
     std::fs::write(&p, text).expect("write test file");
     p.display().to_string()
+}
+
+/// A running `tagpoll dev` with its own private nats-server.
+pub struct DevProcess {
+    pub child: Child,
+    pub nats_url: String,
+}
+
+impl DevProcess {
+    /// Starts `tagpoll dev` on `http` with its data in `data`, waits for its banner.
+    pub fn start(data: &std::path::Path, http: &str, extra: &[&str]) -> DevProcess {
+        let mut child = Command::new(binary("tagpoll"))
+            .args(["dev", "--http", http, "--data"])
+            .arg(data)
+            .args([
+                "--event",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/event.toml"),
+            ])
+            .args(extra)
+            .env_remove("NATS_URL")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tagpoll dev");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut nats_url = String::new();
+        let mut url_line = String::new();
+        for line in lines.by_ref() {
+            let line = line.expect("read tagpoll dev output");
+            if let Some(u) = line.trim().strip_prefix("NATS:") {
+                nats_url = u.trim().to_string();
+            }
+            if line.contains("results page:") {
+                url_line = line.clone();
+            }
+            if line.starts_with("Press Ctrl-C") {
+                break;
+            }
+        }
+        assert!(
+            url_line.contains(&format!("http://{http}/")),
+            "no results URL printed: {url_line:?}"
+        );
+        assert!(
+            nats_url.starts_with("nats://127.0.0.1:"),
+            "no NATS URL printed"
+        );
+        std::thread::spawn(move || for _ in lines {});
+        DevProcess { child, nats_url }
+    }
+
+    /// Ctrl-C, and the exit status.
+    pub fn interrupt(mut self) -> std::process::ExitStatus {
+        use nix::sys::signal::{Signal, kill};
+        kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            Signal::SIGINT,
+        )
+        .unwrap();
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("tagpoll dev did not stop within 10 s of Ctrl-C");
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        // A failing test must not leave `tagpoll dev` running; its own
+        // children follow it (PR_SET_PDEATHSIG).
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -1,77 +1,9 @@
 //! `tagpoll dev`: the whole system from one command, as a user runs it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tagpoll_tests::*;
-
-struct Dev {
-    child: Child,
-    nats_url: String,
-}
-
-impl Dev {
-    fn start(data: &std::path::Path, http: &str, extra: &[&str]) -> Dev {
-        let mut child = Command::new(binary("tagpoll"))
-            .args(["dev", "--http", http, "--data"])
-            .arg(data)
-            .args([
-                "--event",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/event.toml"),
-            ])
-            .args(extra)
-            .env_remove("NATS_URL")
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tagpoll dev");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut nats_url = String::new();
-        let mut url_line = String::new();
-        for line in lines.by_ref() {
-            let line = line.expect("read tagpoll dev output");
-            if let Some(u) = line.trim().strip_prefix("NATS:") {
-                nats_url = u.trim().to_string();
-            }
-            if line.contains("results page:") {
-                url_line = line.clone();
-            }
-            if line.starts_with("Press Ctrl-C") {
-                break;
-            }
-        }
-        assert!(
-            url_line.contains(&format!("http://{http}/")),
-            "no results URL printed: {url_line:?}"
-        );
-        assert!(
-            nats_url.starts_with("nats://127.0.0.1:"),
-            "no NATS URL printed"
-        );
-        std::thread::spawn(move || for _ in lines {});
-        Dev { child, nats_url }
-    }
-
-    /// Ctrl-C, and the exit status.
-    fn interrupt(mut self) -> std::process::ExitStatus {
-        use nix::sys::signal::{Signal, kill};
-        kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            Signal::SIGINT,
-        )
-        .unwrap();
-        for _ in 0..200 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!("tagpoll dev did not stop within 10 s of Ctrl-C");
-    }
-}
 
 async fn total(http: &str, poll: &str) -> u64 {
     let (status, body) = http_json(&format!("http://{http}/api/polls/{poll}/results")).await;
@@ -98,7 +30,7 @@ async fn dev_runs_the_system_counts_taps_and_stops_cleanly() {
     let http = format!("127.0.0.1:{port}");
 
     // With simulated readers, votes grow by themselves.
-    let dev = Dev::start(data.path(), &http, &["--sim-rate", "40"]);
+    let dev = DevProcess::start(data.path(), &http, &["--sim-rate", "40"]);
     let pid = dev.child.id();
     let (status, page) = {
         let r = http_client()
@@ -138,7 +70,7 @@ async fn dev_runs_the_system_counts_taps_and_stops_cleanly() {
     );
 
     // Same data folder, no simulator: state survived, and one tap is one vote.
-    let dev = Dev::start(data.path(), &http, &["--no-sim"]);
+    let dev = DevProcess::start(data.path(), &http, &["--no-sim"]);
     let before = total(&http, "drink").await;
     assert!(before > first, "counts survived the restart ({before})");
     let env = vec![("NATS_URL".to_string(), dev.nats_url.clone())];

@@ -283,7 +283,9 @@ impl Browser {
             .await;
     }
 
+    /// Saves a screenshot once CSS transitions (bars growing) have settled.
     async fn screenshot(&self, name: &str) -> PathBuf {
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let v = self.call("GET", &self.s("/screenshot"), Value::Null).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(v.as_str().unwrap_or_default())
@@ -511,4 +513,34 @@ async fn pages_update_live_answer_the_voter_and_guard_admin() {
         json!(TEST_ADMIN_TOKEN)
     );
     b.screenshot("admin").await;
+    // The page's actions carry the token: hiding p1 from the page hides it.
+    b.click("#polls tr[data-poll=\"p1\"] button[data-action=\"hide\"]")
+        .await;
+    eventually(Duration::from_secs(10), "p1 hidden by the page", || {
+        let url = format!("{site}/api/polls/p1/results");
+        async move {
+            let (status, body) = http_json(&url).await;
+            if status == 200 && body["hidden"] == true && body["total"] == 0 {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        }
+    })
+    .await;
+    b.wait_for(
+        "the page to offer reveal",
+        "const b = document.querySelector('#polls tr[data-poll=\"p1\"] button[data-action=\"reveal\"]'); return !!b",
+        json!(true),
+    )
+    .await;
+    // And the public page says hidden without showing counts.
+    b.goto(&format!("{site}/polls/p1")).await;
+    b.wait_for(
+        "the hidden results page",
+        "const s = document.querySelector('section[data-poll=\"p1\"]'); return s ? [s.classList.contains('hidden'), s.querySelector('.votes').textContent, s.querySelector('.badge').textContent] : null",
+        json!([true, "–", "results hidden"]),
+    )
+    .await;
+    b.screenshot("results-hidden").await;
 }

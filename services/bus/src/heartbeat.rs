@@ -1,14 +1,33 @@
-//! Periodic liveness messages on `tagpoll.heartbeat.{kind}.{name}.{instance}`.
+//! Liveness: periodic heartbeats on `tagpoll.heartbeat.{kind}.{name}.{instance}`
+//! (kept, last one per sender, in stream `TAGPOLL_HEARTBEATS`), and answers
+//! to the scatter-gather status request `tagpoll.admin.status`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
 use prost::Message;
 use tagpoll_proto::{subjects, v1};
 
 /// Seconds between heartbeats.
 pub const INTERVAL: Duration = Duration::from_secs(2);
+
+/// A sender is offline after this many missed heartbeats …
+pub const MISSED_BEATS: u32 = 3;
+/// … or this long without one, whichever is shorter.
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(15);
+
+/// Whether a heartbeat sent at `sent_at` still counts as online at `now`.
+pub fn is_online(hb: &v1::Heartbeat, now: SystemTime) -> bool {
+    let Some(sent) = tagpoll_proto::to_system_time(hb.sent_at.as_ref()) else {
+        return false;
+    };
+    let interval = Duration::from_secs(u64::from(hb.interval_secs.max(1)));
+    let limit = (interval * MISSED_BEATS).min(OFFLINE_AFTER);
+    // A sender whose clock runs ahead counts as fresh.
+    now.duration_since(sent).map_or(true, |age| age <= limit)
+}
 
 /// A process-unique instance name: host name and pid.
 pub fn instance_id() -> String {
@@ -28,10 +47,14 @@ pub fn instance_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Counters a service updates and the heartbeat reports.
+/// Counters a service updates and its heartbeat reports.
 #[derive(Default)]
 pub struct Stats {
     pub handled: AtomicU64,
+    /// Work waiting for the service (reads not yet handled).
+    pub lag: AtomicU64,
+    /// Work started and not finished (publishes awaiting acks, lookups).
+    pub in_flight: AtomicU64,
     pub last_error: std::sync::Mutex<String>,
 }
 
@@ -45,41 +68,99 @@ impl Stats {
     }
 }
 
-/// Publishes a service heartbeat every [`INTERVAL`] until the task is dropped.
+/// One service instance's identity, for its heartbeats.
+struct Sender {
+    name: &'static str,
+    instance: String,
+    started: SystemTime,
+}
+
+impl Sender {
+    fn heartbeat(&self, client: &async_nats::Client, stats: &Stats) -> v1::Heartbeat {
+        v1::Heartbeat {
+            kind: "service".into(),
+            name: self.name.into(),
+            instance: self.instance.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: Some(tagpoll_proto::timestamp(self.started)),
+            sent_at: Some(tagpoll_proto::now()),
+            interval_secs: INTERVAL.as_secs() as u32,
+            nats_connected: client.connection_state() == async_nats::connection::State::Connected,
+            handled: stats.handled.load(Ordering::Relaxed),
+            lag: stats.lag.load(Ordering::Relaxed),
+            in_flight: stats.in_flight.load(Ordering::Relaxed),
+            last_error: stats
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Publishes a service heartbeat every [`INTERVAL`] and answers status
+/// requests, until the returned task is aborted.
 pub fn spawn_service(
     client: async_nats::Client,
     name: &'static str,
     stats: Arc<Stats>,
 ) -> tokio::task::JoinHandle<()> {
-    let instance = instance_id();
-    let started = SystemTime::now();
+    let sender = Arc::new(Sender {
+        name,
+        instance: instance_id(),
+        started: SystemTime::now(),
+    });
+    let replies = {
+        let (client, stats, sender) = (client.clone(), stats.clone(), sender.clone());
+        tokio::spawn(async move {
+            let Ok(mut requests) = client.subscribe(subjects::ADMIN_STATUS).await else {
+                tracing::warn!("cannot answer status requests");
+                return;
+            };
+            while let Some(req) = requests.next().await {
+                if let Some(reply) = req.reply {
+                    let hb = sender.heartbeat(&client, &stats);
+                    let _ = client.publish(reply, hb.encode_to_vec().into()).await;
+                }
+            }
+        })
+    };
     tokio::spawn(async move {
-        let subject = subjects::heartbeat("service", name, &instance);
+        let subject = subjects::heartbeat("service", name, &sender.instance);
         let mut tick = tokio::time::interval(INTERVAL);
         loop {
             tick.tick().await;
-            let hb = v1::Heartbeat {
-                kind: "service".into(),
-                name: name.into(),
-                instance: instance.clone(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                started_at: Some(tagpoll_proto::timestamp(started)),
-                sent_at: Some(tagpoll_proto::now()),
-                interval_secs: INTERVAL.as_secs() as u32,
-                nats_connected: client.connection_state()
-                    == async_nats::connection::State::Connected,
-                handled: stats.handled.load(Ordering::Relaxed),
-                last_error: stats
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone(),
-                ..Default::default()
-            };
+            let hb = sender.heartbeat(&client, &stats);
             // Core publish is right here: a lost heartbeat is replaced by the next.
-            let _ = client
+            if client
                 .publish(subject.clone(), hb.encode_to_vec().into())
-                .await;
+                .await
+                .is_err()
+            {
+                break;
+            }
         }
+        replies.abort();
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_after_three_missed_beats_or_fifteen_seconds() {
+        let now = SystemTime::now();
+        let hb = |age: u64, interval: u32| v1::Heartbeat {
+            sent_at: Some(tagpoll_proto::timestamp(now - Duration::from_secs(age))),
+            interval_secs: interval,
+            ..Default::default()
+        };
+        assert!(is_online(&hb(5, 2), now));
+        assert!(!is_online(&hb(7, 2), now));
+        assert!(is_online(&hb(14, 10), now));
+        assert!(!is_online(&hb(16, 10), now));
+        assert!(!is_online(&v1::Heartbeat::default(), now));
+    }
 }

@@ -57,6 +57,20 @@ pub fn stream_configs() -> Vec<stream::Config> {
     ]
 }
 
+/// Last heartbeat per sender, in memory: no fsync for liveness data.
+pub fn heartbeat_stream_config() -> stream::Config {
+    stream::Config {
+        name: names::STREAM_HEARTBEATS.to_string(),
+        description: Some("Last heartbeat of every service and reader device".into()),
+        subjects: vec![subjects::HEARTBEAT_ALL.to_string()],
+        storage: stream::StorageType::Memory,
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(24 * 3600),
+        num_replicas: replicas(),
+        ..Default::default()
+    }
+}
+
 /// Handles to the KV buckets.
 #[derive(Clone)]
 pub struct Buckets {
@@ -66,7 +80,10 @@ pub struct Buckets {
 
 /// Creates (or finds) every stream and KV bucket.
 pub async fn ensure(js: &jetstream::Context) -> Result<Buckets, BusError> {
-    for cfg in stream_configs() {
+    for cfg in stream_configs()
+        .into_iter()
+        .chain([heartbeat_stream_config()])
+    {
         let name = cfg.name.clone();
         js.get_or_create_stream(cfg)
             .await

@@ -24,6 +24,16 @@ struct Args {
     /// Spool folder (default: $STATE_DIRECTORY/spool or ~/.local/state/tagpoll/DEVICE/spool).
     #[arg(long)]
     spool: Option<std::path::PathBuf>,
+    /// Spool size limit in MiB (default 64); an alarm is raised at 80%.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    spool_max_mb: Option<u64>,
+    /// Debounce quiet time: a tag not seen for this long has left the reader (default 300).
+    #[arg(long, value_name = "MS")]
+    quiet_ms: Option<u64>,
+    /// Shell command run (`sh -c`) for every outcome at one of our readers,
+    /// with TAGPOLL_READER, TAGPOLL_OUTCOME, ... in its environment.
+    #[arg(long, value_name = "CMD")]
+    feedback_cmd: Option<String>,
     /// Simulate a crowd tapping every reader mapped in the event.
     #[arg(long)]
     simulate: bool,
@@ -71,6 +81,15 @@ fn device_config(args: &Args) -> anyhow::Result<config::DeviceConfig> {
     if let Some(s) = &args.spool {
         cfg.spool_dir = Some(s.clone());
     }
+    if let Some(mb) = args.spool_max_mb {
+        cfg.spool_max_bytes = mb * 1024 * 1024;
+    }
+    if let Some(ms) = args.quiet_ms {
+        cfg.quiet = std::time::Duration::from_millis(ms);
+    }
+    if let Some(cmd) = &args.feedback_cmd {
+        cfg.feedback_command = Some(cmd.clone());
+    }
     if cfg.readers.is_empty() && !args.simulate {
         anyhow::bail!("no readers: give --reader READER_ID=PATH,protocol=NAME (or --simulate)");
     }
@@ -88,17 +107,27 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| config::default_spool_dir(&cfg.device_id));
     if args.check {
         println!(
-            "device {}: {} reader(s), spool {}",
+            "device {}: {} reader(s), spool {} (max {} MiB), quiet {} ms",
             cfg.device_id,
             cfg.readers.len(),
-            spool_dir.display()
+            spool_dir.display(),
+            cfg.spool_max_bytes / (1024 * 1024),
+            cfg.quiet.as_millis()
         );
         for r in &cfg.readers {
+            let path = match &r.path {
+                config::ReaderPath::Path(p) => p.display().to_string(),
+                config::ReaderPath::UsbSerial(s) => format!("usb:{s}"),
+            };
             println!(
-                "  {} {:?} protocol={} baud={}",
-                r.id, r.path, r.protocol, r.baud
+                "  {} {} protocol={} baud={}",
+                r.id, path, r.protocol, r.baud
             );
         }
+        if let Some(cmd) = &cfg.feedback_command {
+            println!("  feedback command: {cmd}");
+        }
+        println!("configuration OK");
         return Ok(());
     }
     // The file's NATS settings apply unless the environment overrides them.

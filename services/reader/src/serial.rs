@@ -256,7 +256,7 @@ impl Worker {
     async fn connection(&mut self, mut stream: SerialStream) -> Ended {
         let protocol = self.port.protocol;
         let mut parser = protocol::parser(&protocol);
-        let mut debouncer = Debouncer::new(self.quiet);
+        let mut debouncer = Debouncer::with_confirmations(self.quiet, protocol.confirmations());
         let poll = protocol::poll_command(&protocol);
         let mut poll_timer = tokio::time::interval(POLL_INTERVAL);
         poll_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -37,6 +37,9 @@ pub enum ReaderError {
     Spool(#[from] SpoolError),
     #[error("NATS: {0}")]
     Bus(#[from] tagpoll_bus::BusError),
+    /// A task that should run forever ended (a bug, or a panic).
+    #[error("internal task ended: {0}")]
+    TaskEnded(String),
 }
 
 /// Live state reported in heartbeats.
@@ -47,7 +50,8 @@ pub struct DeviceState {
     pub spool_warning: bool,
     pub frame_errors: u64,
     pub last_tap_at: Option<SystemTime>,
-    pub nats_ok: bool,
+    /// The last publish attempt failed (logged once per outage).
+    pub publish_failing: bool,
     pub last_error: String,
 }
 
@@ -81,7 +85,17 @@ pub async fn run(
     let state: Shared = Arc::new(Mutex::new(DeviceState::default()));
     lock(&state).spool_depth = pending.len() as u64;
     let js = async_nats::jetstream::new(client.clone());
-    tagpoll_bus::topology::ensure(&js).await?;
+    // Not awaited: a reader box must take taps into its spool even when it
+    // starts while the network or NATS is down.
+    tokio::spawn(ensure_topology(js.clone()));
+    for spec in &cfg.readers {
+        if crate::protocol::poll_command(&spec.protocol).is_some()
+            && cfg.quiet <= 2 * serial::POLL_INTERVAL
+        {
+            tracing::warn!(reader = %spec.id, quiet_ms = cfg.quiet.as_millis() as u64,
+                "quiet time is not well above the reader's poll interval: a resting tag may tap twice");
+        }
+    }
 
     let (taps_tx, taps_rx) = mpsc::channel::<NewTap>(4096);
     let (spooled_tx, spooled_rx) = mpsc::unbounded_channel::<SpoolRecord>();
@@ -147,25 +161,55 @@ pub async fn run(
     if !cfg.readers.is_empty() {
         tasks.spawn(feedback_loop(
             client.clone(),
+            cfg.device_id.clone(),
             feedback_senders,
             cfg.feedback_command.clone(),
         ));
     }
     tasks.spawn(heartbeat_loop(client, cfg.device_id.clone(), state.clone()));
 
-    tokio::select! {
-        _ = tagpoll_bus::shutdown_signal() => tracing::info!("shutting down; unsent taps stay in the spool"),
-        Some(r) = tasks.join_next() => {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "a reader task failed");
-            }
+    let result = tokio::select! {
+        _ = tagpoll_bus::shutdown_signal() => {
+            tracing::info!("shutting down; unsent taps stay in the spool");
+            Ok(())
         }
-    }
+        Some(r) = tasks.join_next() => {
+            let why = match r {
+                Ok(()) => "a task returned".to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(error = %why, "a reader service task ended; exiting so the supervisor restarts us");
+            Err(ReaderError::TaskEnded(why))
+        }
+    };
     tasks.abort_all();
-    Ok(())
+    result
 }
 
-/// Gives each tap a read id and makes it durable.
+/// Creates the streams if they are missing, retrying until NATS answers.
+/// Failure is not fatal: publishing works against streams created by the
+/// other services, and a reader's credentials may not allow creating them.
+async fn ensure_topology(js: async_nats::jetstream::Context) {
+    let mut wait = Duration::from_secs(1);
+    let mut warned = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), tagpoll_bus::topology::ensure(&js)).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) if !warned => {
+                tracing::warn!(error = %e, "cannot check the JetStream streams yet; taps wait in the spool");
+                warned = true;
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "still cannot check the JetStream streams"),
+            Err(_) => tracing::debug!("checking the JetStream streams timed out"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Gives each tap a read id and makes it durable. The "tap" log line (with
+/// the read id and spool seq) is written once the tap is fsync'd in the spool:
+/// from then on it is accepted and will reach JetStream exactly once.
 async fn append_loop(
     device_id: String,
     spool: Arc<Mutex<Spool>>,
@@ -173,8 +217,9 @@ async fn append_loop(
     mut taps: mpsc::Receiver<NewTap>,
     spooled: mpsc::UnboundedSender<SpoolRecord>,
 ) {
-    // Taps that did not fit in a full spool wait here, in order; never dropped.
-    let mut overflow: VecDeque<Vec<u8>> = VecDeque::new();
+    // Taps that did not fit in a full spool wait here, in order; never dropped
+    // (but not durable either: the spool alarm and the log say so).
+    let mut overflow: VecDeque<v1::TagRead> = VecDeque::new();
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     loop {
         let tap = tokio::select! {
@@ -182,7 +227,6 @@ async fn append_loop(
             _ = retry.tick() => None,
         };
         if let Some(tap) = tap {
-            let seq_hint = lock_spool(&spool).next_seq();
             let read = v1::TagRead {
                 read_id: uuid::Uuid::now_v7().to_string(),
                 device_id: device_id.clone(),
@@ -190,9 +234,8 @@ async fn append_loop(
                 tag_uid: tap.uid,
                 technology: tap.technology as i32,
                 read_at: Some(tagpoll_proto::now()),
-                device_seq: seq_hint,
+                device_seq: 0,
             };
-            tracing::info!(read_id = %read.read_id, reader = %read.reader_id, "tap");
             {
                 let mut st = lock(&state);
                 st.last_tap_at = Some(SystemTime::now());
@@ -201,17 +244,20 @@ async fn append_loop(
                     r.last_tap_at = read.read_at;
                 }
             }
-            overflow.push_back(read.encode_to_vec());
+            overflow.push_back(read);
         }
-        while let Some(payload) = overflow.front().cloned() {
+        while let Some(mut read) = overflow.front().cloned() {
             let s = spool.clone();
             let appended = tokio::task::spawn_blocking(move || {
                 let mut s = lock_spool(&s);
+                // The spool seq is the device seq: increasing across restarts.
+                read.device_seq = s.next_seq();
+                let payload = read.encode_to_vec();
                 let r = s.append(&payload).map(|seq| SpoolRecord { seq, payload });
-                (r, s.depth(), s.is_warning())
+                (r, read, s.depth(), s.is_warning())
             })
             .await;
-            let Ok((result, depth, warning)) = appended else {
+            let Ok((result, read, depth, warning)) = appended else {
                 return;
             };
             {
@@ -219,12 +265,14 @@ async fn append_loop(
                 st.spool_depth = depth;
                 if warning && !st.spool_warning {
                     tracing::warn!(depth, "spool is over 80% full: is NATS reachable?");
+                    st.last_error = format!("spool over 80% full ({depth} taps waiting)");
                 }
                 st.spool_warning = warning;
             }
             match result {
                 Ok(record) => {
                     overflow.pop_front();
+                    tracing::info!(read_id = %read.read_id, reader = %read.reader_id, seq = record.seq, "tap");
                     if spooled.send(record).is_err() {
                         return;
                     }
@@ -301,7 +349,10 @@ async fn publish_loop(
                 })
                 .await;
                 let mut st = lock(&state);
-                st.nats_ok = true;
+                if st.publish_failing {
+                    tracing::info!(depth = queue.len(), "publishing taps again");
+                }
+                st.publish_failing = false;
                 match acked {
                     Ok(Ok(depth)) => st.spool_depth = depth,
                     Ok(Err(e)) => {
@@ -319,10 +370,10 @@ async fn publish_loop(
                 };
                 {
                     let mut st = lock(&state);
-                    if st.nats_ok {
+                    if !st.publish_failing {
                         tracing::warn!(error = %why, depth = queue.len(), "cannot publish taps; they wait in the spool");
                     }
-                    st.nats_ok = false;
+                    st.publish_failing = true;
                     st.last_error = why;
                 }
                 tokio::time::sleep(backoff).await;
@@ -392,9 +443,55 @@ pub fn feedback_for(kind: v1::OutcomeKind) -> Feedback {
     }
 }
 
-/// Listens to outcomes at our readers and signals them to the voter.
+/// The lower-case name of an outcome kind for the feedback hook
+/// (`accepted`, `changed`, `duplicate`, `rejected`).
+pub fn outcome_name(kind: v1::OutcomeKind) -> &'static str {
+    match feedback_for(kind) {
+        Feedback::Accepted => "accepted",
+        Feedback::Changed => "changed",
+        Feedback::Duplicate => "duplicate",
+        Feedback::Rejected => "rejected",
+    }
+}
+
+/// The lower-case name of a reject reason (`unknown_tag`, `poll_closed`,
+/// ...), empty when there is none.
+pub fn reject_reason_name(reason: v1::RejectReason) -> String {
+    match reason {
+        v1::RejectReason::Unspecified => String::new(),
+        r => r
+            .as_str_name()
+            .trim_start_matches("REJECT_REASON_")
+            .to_ascii_lowercase(),
+    }
+}
+
+/// The environment the feedback hook runs with, one outcome at one of our readers.
+pub fn feedback_env(device_id: &str, outcome: &v1::VoteOutcome) -> Vec<(&'static str, String)> {
+    vec![
+        ("TAGPOLL_DEVICE", device_id.to_string()),
+        ("TAGPOLL_READER", outcome.reader_id.clone()),
+        ("TAGPOLL_OUTCOME", outcome_name(outcome.kind()).to_string()),
+        ("TAGPOLL_REASON", reject_reason_name(outcome.reject_reason())),
+        ("TAGPOLL_POLL", outcome.poll_id.clone()),
+        ("TAGPOLL_ANSWER", outcome.answer_id.clone()),
+        ("TAGPOLL_PREVIOUS_ANSWER", outcome.previous_answer_id.clone()),
+        ("TAGPOLL_READ_ID", outcome.read_id.clone()),
+        ("TAGPOLL_MESSAGE", outcome.message.clone()),
+        ("TAGPOLL_HINT", outcome.hint.clone()),
+        ("TAGPOLL_VOTER_NAME", outcome.display_name.clone()),
+    ]
+}
+
+/// How long the feedback hook may run before it is killed.
+pub const FEEDBACK_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Listens to outcomes at our readers and signals them to the voter: the
+/// reader's own outputs where the protocol has them (SM130), and the
+/// feedback hook (`sh -c COMMAND`, see [`feedback_env`]) for every outcome.
 async fn feedback_loop(
     client: async_nats::Client,
+    device_id: String,
     readers: BTreeMap<String, mpsc::Sender<Feedback>>,
     command: Option<String>,
 ) {
@@ -409,10 +506,15 @@ async fn feedback_loop(
         }
     }
     while let Some(msg) = subs.next().await {
-        let Ok(outcome) = v1::VoteOutcome::decode(msg.payload.as_ref()) else {
-            continue;
+        let outcome = match v1::VoteOutcome::decode(msg.payload.as_ref()) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %e, "outcome is not a VoteOutcome");
+                continue;
+            }
         };
         let fb = feedback_for(outcome.kind());
+        tracing::debug!(reader = %outcome.reader_id, read_id = %outcome.read_id, ?fb, "outcome");
         if let Some(tx) = readers.get(&outcome.reader_id) {
             let _ = tx.try_send(fb);
         }
@@ -420,21 +522,22 @@ async fn feedback_loop(
             let status = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(cmd)
-                .env("TAGPOLL_READER", &outcome.reader_id)
-                .env("TAGPOLL_OUTCOME", format!("{fb:?}").to_lowercase())
-                .env("TAGPOLL_POLL", &outcome.poll_id)
-                .env("TAGPOLL_ANSWER", &outcome.answer_id)
-                .env("TAGPOLL_MESSAGE", &outcome.message)
-                .env("TAGPOLL_VOTER_NAME", &outcome.display_name)
+                .envs(feedback_env(&device_id, &outcome))
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
                 .status();
-            match tokio::time::timeout(Duration::from_secs(5), status).await {
+            match tokio::time::timeout(FEEDBACK_COMMAND_TIMEOUT, status).await {
                 Ok(Ok(s)) if s.success() => {}
                 Ok(Ok(s)) => tracing::warn!(%s, "feedback command failed"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "feedback command could not run"),
-                Err(_) => tracing::warn!("feedback command took over 5 s"),
+                Err(_) => tracing::warn!("feedback command took over 5 s; killed"),
             }
         }
     }
+    // Every subscription is gone (or none could be made): keep the service up
+    // for its main job, taking taps.
+    tracing::error!("no outcome subscriptions left; reader feedback is off");
+    std::future::pending::<()>().await;
 }
 
 async fn heartbeat_loop(client: async_nats::Client, device_id: String, state: Shared) {
@@ -462,10 +565,16 @@ async fn heartbeat_loop(client: async_nats::Client, device_id: String, state: Sh
                 last_tap_at: st.last_tap_at.map(tagpoll_proto::timestamp),
                 last_error: st.last_error.clone(),
                 handled: st.readers.values().map(|r| r.taps).sum(),
+                // Taps waiting in the spool are this device's backlog.
+                lag: st.spool_depth,
+                in_flight: 0,
             }
         };
-        let _ = client
-            .publish(subject.clone(), hb.encode_to_vec().into())
-            .await;
+        // Bounded: while disconnected the client's queue can fill up.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.publish(subject.clone(), hb.encode_to_vec().into()),
+        )
+        .await;
     }
 }

@@ -175,8 +175,37 @@ async fn pty_parallax_repeated_frames_are_one_tap() {
     for _ in 0..5 {
         write(&mut pty.master, &parallax::frame(EM_A)).await;
     }
+    // Parallax frames have no checksum: a tag counts at its second frame.
+    write(&mut pty.master, &parallax::frame(EM_B)).await;
     write(&mut pty.master, &parallax::frame(EM_B)).await;
     reader.tap(&EM_A).await;
+    reader.tap(&EM_B).await;
+
+    reader.stop().await;
+}
+
+#[tokio::test]
+async fn pty_parallax_lone_or_garbled_frames_are_not_taps() {
+    let mut pty = pty();
+    let mut reader = Reader::start(&pty.path, Protocol::Parallax, Duration::from_millis(50));
+    reader.connected().await;
+
+    // A spurious frame on its own (RF noise) never becomes a tap...
+    write(&mut pty.master, &parallax::frame(EM_B)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...nor does a frame garbled into another id while a tag is held.
+    let held = [
+        parallax::frame(EM_A),
+        parallax::frame(EM_A),
+        parallax::frame(EM_B),
+        parallax::frame(EM_A),
+    ]
+    .concat();
+    write(&mut pty.master, &held).await;
+    reader.tap(&EM_A).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    write(&mut pty.master, &[parallax::frame(EM_B), parallax::frame(EM_B)].concat()).await;
+    // The next event is B's tap: nothing came from the lone or garbled frames.
     reader.tap(&EM_B).await;
 
     reader.stop().await;
@@ -189,10 +218,11 @@ async fn pty_parallax_tag_left_quiet_taps_again() {
     let mut reader = Reader::start(&pty.path, Protocol::Parallax, Duration::from_millis(50));
     reader.connected().await;
 
-    write(&mut pty.master, &parallax::frame(EM_A)).await;
+    let held = [parallax::frame(EM_A), parallax::frame(EM_A)].concat();
+    write(&mut pty.master, &held).await;
     reader.tap(&EM_A).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    write(&mut pty.master, &parallax::frame(EM_A)).await;
+    write(&mut pty.master, &held).await;
     reader.tap(&EM_A).await;
 
     reader.stop().await;
@@ -381,7 +411,11 @@ async fn pty_missing_device_reports_once_then_connects() {
             reader_id: READER.into()
         }
     );
-    write(&mut pty.master, &parallax::frame(EM_B)).await;
+    write(
+        &mut pty.master,
+        &[parallax::frame(EM_B), parallax::frame(EM_B)].concat(),
+    )
+    .await;
     reader.tap(&EM_B).await;
     reader.stop().await;
 }

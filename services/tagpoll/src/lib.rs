@@ -5,6 +5,7 @@
 //! - [`audit`]: recounting a poll from the vote stream, and exports.
 //! - [`event`]: the event file format and its validation (pure).
 //! - [`show`]: human-readable lines and tables for outcomes and results.
+//! - [`status`]: `tagpoll status`, gathered from heartbeats and live answers.
 //! - [`nats_server`]: finding and supervising a private `nats-server`.
 //! - [`dev`]: `tagpoll dev`, the whole system as child processes.
 pub mod audit;
@@ -12,6 +13,7 @@ pub mod dev;
 pub mod event;
 pub mod nats_server;
 pub mod show;
+pub mod status;
 
 /// Writing configuration to KV lives in the bus crate (the web admin uses it too).
 pub use tagpoll_bus::store;

@@ -84,6 +84,15 @@ enum Cmd {
         #[arg(long)]
         voter_ids: bool,
     },
+    /// Show services, devices, readers and streams at a glance.
+    Status {
+        /// One JSON object (a contract: "services" and "devices" lists).
+        #[arg(long)]
+        json: bool,
+        /// Refresh every 2 seconds until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Open or close a poll.
     Poll {
         #[command(subcommand)]
@@ -187,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
         } => tap(reader, tag, device, no_wait).await?,
         Cmd::Tail { all } => tail(all).await?,
         Cmd::Results { poll, json } => results(poll, json).await?,
+        Cmd::Status { json, watch } => status(json, watch).await?,
         Cmd::Replay { poll } => replay(poll).await?,
         Cmd::Export {
             poll,
@@ -361,6 +371,28 @@ async fn results(poll_id: String, json: bool) -> anyhow::Result<()> {
         print!("{}", show::results_table(&poll, &counts));
     }
     Ok(())
+}
+
+async fn status(json: bool, watch: bool) -> anyhow::Result<()> {
+    let bus = bus().await?;
+    loop {
+        let s = tagpoll::status::gather(&bus.client, &bus.js).await?;
+        if json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", tagpoll::status::render(&s));
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tagpoll_bus::shutdown_signal() => return Ok(()),
+        }
+    }
 }
 
 async fn load_poll(bus: &Bus, poll_id: &str) -> anyhow::Result<v1::PollDefinition> {

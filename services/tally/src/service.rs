@@ -216,10 +216,18 @@ async fn decide_loop(
         };
         let Some(msg) = next else { return Ok(()) };
         let msg = msg.map_err(|e| BusError::js("reading identified reads", e))?;
-        let seq = msg
-            .info()
-            .map_err(|e| BusError::js("identified read metadata", e))?
-            .stream_sequence;
+        let (seq, pending) = {
+            let info = msg
+                .info()
+                .map_err(|e| BusError::js("identified read metadata", e))?;
+            (info.stream_sequence, info.pending)
+        };
+        stats
+            .lag
+            .store(pending, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .in_flight
+            .store(in_flight.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let read: v1::IdentifiedRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
             Ok(r) => r,
             Err(e) => {

@@ -96,6 +96,25 @@ impl Protocol {
         }
     }
 
+    /// Identical frames needed before a tag counts as presented (see
+    /// [`crate::debounce::Debouncer::with_confirmations`]).
+    ///
+    /// Parallax frames carry no checksum, so one garbled hex digit would read
+    /// as another (valid-looking) tag and could vote for somebody else, and
+    /// Parallax's documentation (v2.1, "Interference") says RF noise can make
+    /// the reader send a spurious tag with no tag near; it recommends reading
+    /// two responses in a row. The reader keeps sending its frame while a tag
+    /// is in range (one 12-byte frame takes 50 ms at 2400 baud), so a tap
+    /// becomes a vote at its second identical frame within the quiet time.
+    /// ID-12 and SM130 frames are checksummed; line readers usually print a
+    /// tag once, so they are taken at one frame.
+    pub fn confirmations(&self) -> u32 {
+        match self {
+            Protocol::Parallax => 2,
+            Protocol::Id12 | Protocol::Sm130 | Protocol::Line(_) => 1,
+        }
+    }
+
     /// The tag technology to record in a `TagRead` from this reader.
     pub fn technology(&self) -> TagTechnology {
         match self {
