@@ -20,6 +20,9 @@ pub const CONSUMER_IDENTITY: &str = "identity";
 pub const KV_CONFIG: &str = "tagpoll_config";
 /// Latest [`crate::v1::PollResults`] per poll.
 pub const KV_RESULTS: &str = "tagpoll_results";
+/// The identity service's shared lookup cache (anyMeta answers, keyed by a keyed hash of the
+/// tag UID, never the UID itself); see `docs/identity.md`.
+pub const KV_IDENTITY_CACHE: &str = "tagpoll_identity_cache";
 
 /// JetStream de-duplication header; we always set it to the read id.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
@@ -51,6 +54,12 @@ pub mod config_keys {
     pub fn tag(uid_hex: &str) -> String {
         format!("{TAG_PREFIX}{uid_hex}")
     }
+}
+
+/// KV keys inside [`KV_IDENTITY_CACHE`].
+pub mod identity_cache_keys {
+    /// Prefix of cached anyMeta answers: `anymeta.{keyed hash of site and UID}`.
+    pub const ANYMETA_PREFIX: &str = "anymeta.";
 }
 
 /// Key of a poll's results inside [`KV_RESULTS`].

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tagpoll_tests::prosody::{self, PUBSUB, Prosody, XmppTestClient};
+use tagpoll_tests::prosody::{PUBSUB, Prosody, XmppTestClient};
 use tagpoll_tests::*;
 use tokio_xmpp::minidom::Element;
 
@@ -51,7 +51,7 @@ fn total(e: &Element) -> Option<u64> {
 /// Waits until `node` holds results with `want` total.
 async fn wait_total(c: &XmppTestClient, node: &str, want: u64, what: &str) {
     let start = Instant::now();
-    let mut last = String::new();
+    let mut last;
     loop {
         match c.items(PUBSUB, node).await {
             Ok(items) => {

@@ -80,11 +80,11 @@ class Subscriber(slixmpp.ClientXMPP):
             print("items request failed: %s" % e, file=sys.stderr, flush=True)
 
     def published(self, msg):
+        # slixmpp raises this event once per item while it iterates over the
+        # items itself; iterating again here would reset its iterator.
         items = msg["pubsub_event"]["items"]
-        if items["node"] != self.node:
-            return
-        for item in items:
-            self.check(item)
+        if items["node"] == self.node:
+            self.check(items["item"])
 
     def check(self, item):
         payload = item["payload"]

@@ -89,8 +89,24 @@ pub async fn ensure(js: &jetstream::Context) -> Result<Buckets, BusError> {
             .await
             .map_err(|e| BusError::js(format!("creating stream {name}"), e))?;
     }
-    let config = bucket(js, names::KV_CONFIG, "Event configuration", 5).await?;
-    let results = bucket(js, names::KV_RESULTS, "Latest results per poll", 1).await?;
+    let config = bucket(
+        js,
+        names::KV_CONFIG,
+        "Event configuration",
+        5,
+        stream::StorageType::File,
+    )
+    .await?;
+    // Results are derived from the vote stream (the tally republishes them
+    // after every rebuild), so they need no fsync: memory storage.
+    let results = bucket(
+        js,
+        names::KV_RESULTS,
+        "Latest results per poll",
+        1,
+        stream::StorageType::Memory,
+    )
+    .await?;
     Ok(Buckets { config, results })
 }
 
@@ -99,6 +115,7 @@ async fn bucket(
     name: &str,
     description: &str,
     history: i64,
+    storage: stream::StorageType,
 ) -> Result<kv::Store, BusError> {
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
@@ -107,7 +124,35 @@ async fn bucket(
         bucket: name.to_string(),
         description: description.to_string(),
         history,
-        storage: stream::StorageType::File,
+        storage,
+        num_replicas: replicas(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BusError::js(format!("creating KV bucket {name}"), e))
+}
+
+/// Creates (or finds) the identity service's lookup cache, KV bucket
+/// [`names::KV_IDENTITY_CACHE`]: history 1, memory storage (a cache need not
+/// survive a server restart), entries dropped after `max_age`, at most
+/// `max_bytes` (further puts fail until old entries age out). Only identity
+/// uses it, so [`ensure`] leaves it alone.
+pub async fn ensure_identity_cache(
+    js: &jetstream::Context,
+    max_age: Duration,
+    max_bytes: i64,
+) -> Result<kv::Store, BusError> {
+    let name = names::KV_IDENTITY_CACHE;
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.to_string(),
+        description: "Identity lookup cache (keyed hashes of tag UIDs)".to_string(),
+        history: 1,
+        max_age,
+        max_bytes,
+        storage: stream::StorageType::Memory,
         num_replicas: replicas(),
         ..Default::default()
     })

@@ -1,24 +1,37 @@
 //! The backend chain: who owns a tag?
 //!
-//! Backends are asked in the event's order. Only a clear "unknown" moves on
-//! to the next one; a backend that is unavailable stops the chain, because
-//! falling back during an outage could let one person vote twice under two
-//! identities. The caller then retries the read later.
+//! Backends are asked in the event's order (`identity` in the event file). Only a clear
+//! "unknown" moves on to the next one; a backend that is unavailable stops the chain, because
+//! falling back during an outage could let one person vote twice under two identities. The
+//! caller then retries the read later.
+//!
+//! Backends:
+//! - `anymeta`: the anyMeta site configured with `TAGPOLL_ANYMETA_*` (cached, see
+//!   [`crate::anymeta_backend`]). When anyMeta is configured and the event's chain does not
+//!   name it, it is asked first ([`effective_chain`]).
+//! - `file`: the event file's `[[people]]` (KV keys `tag.{UID}`), then the CSV file
+//!   `TAGPOLL_IDENTITY_CSV` if one is configured. Both give voter `file:{person}`.
+//! - `csv`: only the CSV file (accepted by the service; `tagpoll check` knows `file`).
+//! - `anonymous`: everybody: voter `anon:{keyed hash of the UID}`.
+
+use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tagpoll_bus::config::EventConfig;
 use tagpoll_proto::v1;
 
-use crate::anymeta::{AnyMetaClient, AnyMetaError};
+pub use crate::anymeta_backend::Unavailable;
+use crate::anymeta_backend::{AnyMetaAnswer, AnyMetaBackend};
+use crate::people_csv::CsvPeople;
 
 /// What one backend (or the whole chain) said about a tag.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
     Found(v1::Voter),
     Unknown,
-    /// Could not tell right now (outage, timeout, bad answer): retry later.
-    Unavailable(String),
+    /// Could not tell right now (outage, timeout, bad answer, bad config): retry later.
+    Unavailable(Unavailable),
 }
 
 /// Keyed hash of tag UIDs, so raw UIDs never leave the identity service.
@@ -44,6 +57,11 @@ impl VoterKey {
         mac.update(uid);
         hex::encode(&mac.finalize().into_bytes()[..8])
     }
+
+    /// The secret, for deriving other keyed hashes (the cache keys).
+    pub fn secret(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// Uppercase hex of every UID byte: the form used in KV keys and anyMeta URNs.
@@ -51,27 +69,73 @@ pub fn uid_hex(uid: &[u8]) -> String {
     hex::encode_upper(uid)
 }
 
+/// The chain actually asked: the event's, with `anymeta` put first when anyMeta is configured
+/// and the event does not name it (an explicitly named position is kept).
+pub fn effective_chain(event_chain: &[String], anymeta_configured: bool) -> Vec<String> {
+    let mut chain = event_chain.to_vec();
+    if anymeta_configured && !chain.iter().any(|b| b == "anymeta") {
+        chain.insert(0, "anymeta".into());
+    }
+    chain
+}
+
 /// The backends one identity instance can use.
 #[derive(Clone)]
 pub struct Backends {
     pub voter_key: VoterKey,
-    pub anymeta: Option<AnyMetaClient>,
+    pub anymeta: Option<AnyMetaBackend>,
+    pub csv: Option<Arc<CsvPeople>>,
 }
 
 impl Backends {
-    /// Asks the chain named in the event settings, in order.
+    /// Only the local backends (file, anonymous).
+    pub fn local(voter_key: VoterKey) -> Self {
+        Backends {
+            voter_key,
+            anymeta: None,
+            csv: None,
+        }
+    }
+
+    /// The chain this instance asks for `config`'s event.
+    pub fn chain(&self, config: &EventConfig) -> Vec<String> {
+        effective_chain(&config.identity_chain(), self.anymeta.is_some())
+    }
+
+    /// Asks the chain, in order.
     pub async fn resolve(&self, config: &EventConfig, uid: &[u8]) -> Lookup {
-        for name in config.identity_chain() {
+        for name in self.chain(config) {
             let answer = match name.as_str() {
-                "file" => file_lookup(config, uid),
+                "file" => match file_lookup(config, uid) {
+                    Lookup::Unknown => self.csv_lookup(uid),
+                    found => found,
+                },
+                "csv" => match &self.csv {
+                    Some(_) => self.csv_lookup(uid),
+                    None => Lookup::Unavailable(Unavailable::new(
+                        "event asks for the csv backend but TAGPOLL_IDENTITY_CSV is not set",
+                    )),
+                },
                 "anonymous" => Lookup::Found(self.anonymous(uid)),
                 "anymeta" => match &self.anymeta {
-                    Some(client) => anymeta_lookup(client, uid).await,
-                    None => Lookup::Unavailable(
-                        "event asks for the anymeta backend but no TAGPOLL_ANYMETA_ENTRYPOINT is configured".into(),
-                    ),
+                    Some(backend) => match backend.lookup(uid).await {
+                        AnyMetaAnswer::Person(person) => Lookup::Found(v1::Voter {
+                            voter_id: format!("anymeta:{}", person.rsc_id),
+                            display_name: person.display_name,
+                            backend: "anymeta".into(),
+                            profile_url: person.profile_url,
+                            anonymous: false,
+                        }),
+                        AnyMetaAnswer::NoPerson => Lookup::Unknown,
+                        AnyMetaAnswer::Unavailable(u) => Lookup::Unavailable(u),
+                    },
+                    None => Lookup::Unavailable(Unavailable::new(
+                        "event asks for the anymeta backend but no TAGPOLL_ANYMETA_ENTRYPOINT is configured",
+                    )),
                 },
-                other => Lookup::Unavailable(format!("unknown identity backend {other:?}")),
+                other => Lookup::Unavailable(Unavailable::new(format!(
+                    "unknown identity backend {other:?}"
+                ))),
             };
             match answer {
                 Lookup::Unknown => continue,
@@ -91,38 +155,31 @@ impl Backends {
             anonymous: true,
         }
     }
+
+    fn csv_lookup(&self, uid: &[u8]) -> Lookup {
+        match self.csv.as_ref().and_then(|c| c.tags.get(&uid_hex(uid))) {
+            Some(owner) => Lookup::Found(file_voter(owner)),
+            None => Lookup::Unknown,
+        }
+    }
+}
+
+fn file_voter(owner: &v1::TagOwner) -> v1::Voter {
+    v1::Voter {
+        voter_id: format!("file:{}", owner.person_id),
+        display_name: owner.display_name.clone(),
+        backend: "file".into(),
+        profile_url: String::new(),
+        anonymous: false,
+    }
 }
 
 /// Tags listed in the event file (KV keys `tag.{UID}`).
 pub fn file_lookup(config: &EventConfig, uid: &[u8]) -> Lookup {
     match config.tags.get(&uid_hex(uid)) {
-        Some(owner) => Lookup::Found(v1::Voter {
-            voter_id: format!("file:{}", owner.person_id),
-            display_name: owner.display_name.clone(),
-            backend: "file".into(),
-            profile_url: String::new(),
-            anonymous: false,
-        }),
+        Some(owner) => Lookup::Found(file_voter(owner)),
         None => Lookup::Unknown,
     }
-}
-
-async fn anymeta_lookup(client: &AnyMetaClient, uid: &[u8]) -> Lookup {
-    match client.identify_rfid(uid).await {
-        Ok(Some(person)) => Lookup::Found(v1::Voter {
-            voter_id: format!("anymeta:{}", person.rsc_id),
-            display_name: person.display_name,
-            backend: "anymeta".into(),
-            profile_url: person.profile_url,
-            anonymous: false,
-        }),
-        Ok(None) => Lookup::Unknown,
-        Err(e) => Lookup::Unavailable(describe(&e)),
-    }
-}
-
-fn describe(e: &AnyMetaError) -> String {
-    format!("anyMeta: {e}")
 }
 
 #[cfg(test)]
@@ -147,10 +204,7 @@ mod tests {
     }
 
     fn backends() -> Backends {
-        Backends {
-            voter_key: VoterKey::new(*b"0123456789abcdef").unwrap(),
-            anymeta: None,
-        }
+        Backends::local(VoterKey::new(*b"0123456789abcdef").unwrap())
     }
 
     #[tokio::test]
@@ -182,6 +236,50 @@ mod tests {
         assert!(
             matches!(r, Lookup::Unavailable(_)),
             "outage must not fall back: {r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn file_backend_falls_through_to_the_csv_file() {
+        let mut b = backends();
+        b.csv = Some(Arc::new(
+            CsvPeople::parse("7E6FD7A0,bob,Bob\n04A1B2C3,not-alice,X\n", "p.csv").unwrap(),
+        ));
+        let c = config_with(&["file"]);
+        let Lookup::Found(v) = b.resolve(&c, &[0x7E, 0x6F, 0xD7, 0xA0]).await else {
+            panic!("bob not found")
+        };
+        assert_eq!((v.voter_id.as_str(), v.display_name.as_str()), ("file:bob", "Bob"));
+        // The event file wins where both list a tag.
+        let Lookup::Found(v) = b.resolve(&c, &[0x04, 0xA1, 0xB2, 0xC3]).await else {
+            panic!("alice not found")
+        };
+        assert_eq!(v.voter_id, "file:alice");
+        let Lookup::Found(v) = b.resolve(&config_with(&["csv"]), &[0x04, 0xA1, 0xB2, 0xC3]).await
+        else {
+            panic!("csv-only lookup failed")
+        };
+        assert_eq!(v.voter_id, "file:not-alice");
+        let r = backends()
+            .resolve(&config_with(&["csv", "anonymous"]), &[1, 2, 3, 4])
+            .await;
+        assert!(matches!(r, Lookup::Unavailable(_)), "{r:?}");
+    }
+
+    #[test]
+    fn configured_anymeta_goes_first_unless_placed() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            effective_chain(&s(&["file", "anonymous"]), true),
+            s(&["anymeta", "file", "anonymous"])
+        );
+        assert_eq!(
+            effective_chain(&s(&["file", "anymeta"]), true),
+            s(&["file", "anymeta"])
+        );
+        assert_eq!(
+            effective_chain(&s(&["file", "anonymous"]), false),
+            s(&["file", "anonymous"])
         );
     }
 

@@ -1,14 +1,34 @@
 //! Wiring: TAGPOLL_READS → backend chain → TAGPOLL_IDENTIFIED.
 //!
-//! Each read is acknowledged only after its identified read was stored by
-//! JetStream, so a crash at any point re-delivers it; the identified read
-//! carries the read id as `Nats-Msg-Id`, so a re-delivery stores nothing new.
+//! The pipeline of one instance:
+//!
+//! 1. **Intake.** Reads come from the durable pull consumer `identity` (shared by every
+//!    instance). Up to [`ServiceOptions::concurrency`] reads are resolved at once, each in its
+//!    own task (lookups of one tag share one anyMeta call, see [`crate::anymeta_backend`]).
+//! 2. **In order.** Results are taken in the order the reads arrived (a `FuturesOrdered`), so
+//!    when nothing fails `TAGPOLL_IDENTIFIED` keeps `TAGPOLL_READS` order.
+//! 3. **Per-tag gate.** A read is published only when no earlier read of the same tag is still
+//!    waiting anywhere ([`crate::order::Ledger`]); if the earlier one is our own publish in
+//!    flight we wait for its ack, otherwise the read is handed back (nak) to come again shortly.
+//! 4. **Publish, then ack.** The `IdentifiedRead` goes to `tagpoll.identified.{device}.{reader}`
+//!    with `Nats-Msg-Id` = read id (pipelined); the read is acknowledged only after JetStream
+//!    acknowledged that publish, so a crash at any point re-delivers it, and a re-delivery
+//!    stores nothing new.
+//!
+//! A backend that is unavailable makes the read go back to JetStream (nak) with a delay that
+//! grows with its deliveries (and is at least the anyMeta breaker's cool-down), plus jitter:
+//! nothing is dropped and nothing falls back to another backend.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull, message::Message};
-use futures::StreamExt;
+use async_nats::jetstream::{
+    self, AckKind, consumer::pull, context::PublishAckFuture, message::Message,
+};
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use tagpoll_bus::{BusError, config::EventConfig, heartbeat::Stats, publish};
 use tagpoll_proto::{names, subjects, v1};
@@ -16,24 +36,72 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::backend::{Backends, Lookup};
+use crate::counters::{Counters, inc};
+use crate::order::Ledger;
 
 /// How long before an unacknowledged read is re-delivered.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
-/// Delay before retrying a read whose backend was unavailable.
-pub const RETRY_DELAY: Duration = Duration::from_secs(2);
+/// Most reads the `identity` consumer hands out unacknowledged, all instances together.
+pub const MAX_ACK_PENDING: i64 = 1000;
+/// Shown at the kiosk for an unknown tag when the event has no `unknown_tag_hint`.
+pub const DEFAULT_UNKNOWN_HINT: &str = "Link your tag to your account, then tap again.";
 
-/// Runs the identity loop until the consumer's message stream ends.
-pub async fn run(
-    js: jetstream::Context,
-    config: watch::Receiver<Arc<EventConfig>>,
-    backends: Backends,
-    stats: Arc<Stats>,
-) -> Result<(), BusError> {
+/// Tunables of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// Reads resolved at once (`TAGPOLL_IDENTITY_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Nak delay for the first re-try of an unavailable read; doubled per delivery.
+    pub retry_base: Duration,
+    /// Longest nak delay.
+    pub retry_max: Duration,
+    /// Nak delay for a read that must let an earlier tap of its tag go first; doubled per
+    /// delivery up to `retry_max`.
+    pub order_retry: Duration,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions {
+            concurrency: 256,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(10),
+            order_retry: Duration::from_millis(200),
+        }
+    }
+}
+
+impl ServiceOptions {
+    /// `base · 2^(deliveries-1)`, at least `at_least`, at most `retry_max`, then ±20 % jitter.
+    pub fn nak_delay(&self, base: Duration, deliveries: i64, at_least: Option<Duration>) -> Duration {
+        let doublings = (deliveries.max(1) - 1).min(10) as u32;
+        let d = base
+            .saturating_mul(1 << doublings)
+            .max(at_least.unwrap_or_default())
+            .min(self.retry_max);
+        d.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+    }
+}
+
+/// Everything one instance needs.
+pub struct Identity {
+    pub js: jetstream::Context,
+    pub config: watch::Receiver<Arc<EventConfig>>,
+    pub backends: Backends,
+    pub stats: Arc<Stats>,
+    pub counters: Arc<Counters>,
+    pub options: ServiceOptions,
+}
+
+/// Creates (or finds) the shared durable consumer.
+pub async fn consumer(
+    js: &jetstream::Context,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
     let stream = js
         .get_stream(names::STREAM_READS)
         .await
         .map_err(|e| BusError::js("looking up reads stream", e))?;
-    let consumer = stream
+    stream
         .get_or_create_consumer(
             names::CONSUMER_IDENTITY,
             pull::Config {
@@ -41,69 +109,198 @@ pub async fn run(
                 description: Some("identity instances resolve taps to voters".into()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
-                max_ack_pending: 1000,
+                max_ack_pending: MAX_ACK_PENDING,
                 ..Default::default()
             },
         )
         .await
-        .map_err(|e| BusError::js("creating identity consumer", e))?;
+        .map_err(|e| BusError::js("creating identity consumer", e))
+}
+
+/// A read between intake and ack.
+struct Ctx {
+    msg: Message,
+    read: v1::TagRead,
+    seq: u64,
+    deliveries: i64,
+    span: tracing::Span,
+}
+
+type Resolving = FuturesOrdered<BoxFuture<'static, (Ctx, Lookup)>>;
+type Acks = FuturesOrdered<BoxFuture<'static, (Ctx, Result<(), String>)>>;
+
+/// Runs the identity loop until the consumer's message stream ends.
+pub async fn run(identity: Identity) -> Result<(), BusError> {
+    let consumer = consumer(&identity.js).await?;
+    let ledger = Ledger::start(&identity.js, &consumer).await?;
+    let concurrency = identity.options.concurrency.max(1);
+    if concurrency as i64 > MAX_ACK_PENDING {
+        tracing::warn!(
+            concurrency,
+            "concurrency exceeds the consumer's max ack pending ({MAX_ACK_PENDING}); \
+             JetStream will hand out fewer reads at once"
+        );
+    }
     let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrency.clamp(1, 500))
         .messages()
         .await
         .map_err(|e| BusError::js("consuming reads", e))?;
-    tracing::info!("identity consuming {}", names::STREAM_READS);
-    while let Some(msg) = messages.next().await {
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "reads consumer hiccup");
-                stats.error(&e);
-                continue;
+    tracing::info!(
+        concurrency,
+        anymeta = identity.backends.anymeta.is_some(),
+        csv = identity.backends.csv.is_some(),
+        "identity consuming {}",
+        names::STREAM_READS
+    );
+    let mut pipe = Pipeline {
+        identity: &identity,
+        ledger,
+        resolving: FuturesOrdered::new(),
+        acks: FuturesOrdered::new(),
+        in_window: HashSet::new(),
+    };
+    let mut open = true;
+    while open || !pipe.resolving.is_empty() || !pipe.acks.is_empty() {
+        let can_take =
+            open && pipe.resolving.len() < concurrency && pipe.acks.len() < concurrency;
+        tokio::select! {
+            biased;
+            Some((ctx, r)) = pipe.acks.next(), if !pipe.acks.is_empty() => pipe.finish(ctx, r).await,
+            Some((ctx, lookup)) = pipe.resolving.next(), if !pipe.resolving.is_empty() => {
+                pipe.publish_stage(ctx, lookup).await
             }
-        };
-        let config = config.borrow().clone();
-        handle(&js, &config, &backends, &stats, msg).await;
+            m = messages.next(), if can_take => match m {
+                None => open = false,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "reads consumer hiccup");
+                    identity.stats.error(&e);
+                }
+                Some(Ok(msg)) => pipe.intake(msg).await,
+            },
+        }
     }
     Ok(())
 }
 
-async fn handle(
-    js: &jetstream::Context,
-    config: &EventConfig,
-    backends: &Backends,
-    stats: &Stats,
-    msg: Message,
-) {
-    let read: v1::TagRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
-        Ok(r) => r,
-        Err(e) => {
-            // Poison message: retrying cannot help. Terminate it, loudly.
-            tracing::error!(error = %e, "dropping undecodable read");
-            stats.error(&e);
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
-        }
-    };
-    let span = tracing::info_span!("identify", read_id = %read.read_id, reader = %read.reader_id);
-    async {
-        let identity = match backends.resolve(config, &read.tag_uid).await {
-            Lookup::Found(voter) => v1::identified_read::Identity::Voter(voter),
-            Lookup::Unknown => v1::identified_read::Identity::Unknown(v1::UnknownTag {
-                reason: "tag not known to any identity backend".into(),
-                hint: config
-                    .event
-                    .as_ref()
-                    .map(|e| e.unknown_tag_hint.clone())
-                    .filter(|h| !h.is_empty())
-                    .unwrap_or_else(|| "Link your tag to your account, then tap again.".into()),
-            }),
-            Lookup::Unavailable(why) => {
-                tracing::warn!(%why, "identity unavailable; read stays in the stream for a retry");
-                stats.error(&why);
-                let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+struct Pipeline<'a> {
+    identity: &'a Identity,
+    ledger: Arc<Ledger>,
+    resolving: Resolving,
+    acks: Acks,
+    /// Stream sequences of our publishes awaiting their ack.
+    in_window: HashSet<u64>,
+}
+
+impl Pipeline<'_> {
+    async fn intake(&mut self, msg: Message) {
+        let id = self.identity;
+        inc(&id.counters.received);
+        let (seq, deliveries) = match msg.info() {
+            Ok(i) => (i.stream_sequence, i.delivered),
+            Err(e) => {
+                tracing::warn!(error = %e, "read without JetStream metadata; leaving it for re-delivery");
                 return;
             }
         };
+        let read: v1::TagRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                // Poison message: retrying cannot help. Terminate it, loudly.
+                tracing::error!(error = %e, seq, "dropping undecodable read");
+                id.stats.error(&e);
+                inc(&id.counters.poison);
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "identify",
+            read_id = %read.read_id,
+            reader = %read.reader_id,
+            seq,
+            delivery = deliveries
+        );
+        let config = id.config.borrow().clone();
+        let backends = id.backends.clone();
+        let uid = read.tag_uid.clone();
+        let task = tokio::spawn(
+            async move { backends.resolve(&config, &uid).await }.instrument(span.clone()),
+        );
+        let ctx = Ctx {
+            msg,
+            read,
+            seq,
+            deliveries,
+            span,
+        };
+        self.resolving.push_back(
+            async move {
+                let lookup = task.await.unwrap_or_else(|e| {
+                    Lookup::Unavailable(crate::backend::Unavailable::new(format!(
+                        "lookup task failed: {e}"
+                    )))
+                });
+                (ctx, lookup)
+            }
+            .boxed(),
+        );
+    }
+
+    async fn publish_stage(&mut self, ctx: Ctx, lookup: Lookup) {
+        let span = ctx.span.clone();
+        self.publish_stage_inner(ctx, lookup).instrument(span).await
+    }
+
+    async fn publish_stage_inner(&mut self, ctx: Ctx, lookup: Lookup) {
+        let id = self.identity;
+        let identity = match lookup {
+            Lookup::Found(voter) => v1::identified_read::Identity::Voter(voter),
+            Lookup::Unknown => {
+                let config = id.config.borrow().clone();
+                v1::identified_read::Identity::Unknown(unknown_tag(&config))
+            }
+            Lookup::Unavailable(u) => {
+                let delay = id
+                    .options
+                    .nak_delay(id.options.retry_base, ctx.deliveries, u.retry_after);
+                tracing::debug!(why = %u.reason, ?delay, "identity unavailable; read stays in the stream for a retry");
+                id.stats.error(&u.reason);
+                inc(&id.counters.nak_unavailable);
+                let _ = ctx.msg.ack_with(AckKind::Nak(Some(delay))).await;
+                return;
+            }
+        };
+        // Per-tag order: nothing earlier of this tag may still be on its way.
+        if !self
+            .ledger
+            .wait_seen(ctx.seq, Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!("reads follower is behind; retrying the read shortly");
+            self.nak_for_order(ctx).await;
+            return;
+        }
+        loop {
+            let blockers = self.ledger.blockers(&ctx.read.tag_uid, ctx.seq);
+            if blockers.is_empty() {
+                break;
+            }
+            if !blockers.iter().all(|b| self.in_window.contains(b)) {
+                tracing::debug!(?blockers, "an earlier tap of this tag is not stored yet; retrying later");
+                self.nak_for_order(ctx).await;
+                return;
+            }
+            // Our own earlier publishes: wait for their acks (they come in order).
+            while blockers.iter().any(|b| self.in_window.contains(b)) {
+                match self.acks.next().await {
+                    Some((c, r)) => self.finish(c, r).await,
+                    None => break,
+                }
+            }
+        }
+        let read = &ctx.read;
         let identified = v1::IdentifiedRead {
             read_id: read.read_id.clone(),
             device_id: read.device_id.clone(),
@@ -114,23 +311,111 @@ async fn handle(
             identified_at: Some(tagpoll_proto::now()),
         };
         let subject = subjects::identified(&read.device_id, &read.reader_id);
-        match publish::publish_for_read(js, subject, &read.read_id, identified.encode_to_vec().into())
-            .await
+        match publish::send_for_read(
+            &id.js,
+            subject,
+            &read.read_id,
+            identified.encode_to_vec().into(),
+        )
+        .await
         {
-            Ok(_) => {
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(error = %e, "ack failed; the read will be re-delivered and de-duplicated");
-                }
-                stats.handled_one();
-                tracing::debug!("identified");
+            Ok(ack) => {
+                self.in_window.insert(ctx.seq);
+                self.acks.push_back(wait_ack(ctx, ack).boxed());
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not store identified read; retrying later");
-                stats.error(&e);
-                let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-            }
+            Err(e) => self.nak_publish(ctx, e.to_string()).await,
         }
     }
-    .instrument(span)
-    .await
+
+    async fn finish(&mut self, ctx: Ctx, result: Result<(), String>) {
+        self.in_window.remove(&ctx.seq);
+        let id = self.identity;
+        match result {
+            Ok(()) => {
+                self.ledger.done_read(&ctx.read.read_id);
+                let span = ctx.span.clone();
+                async {
+                    if let Err(e) = ctx.msg.ack().await {
+                        tracing::warn!(error = %e, "ack failed; the read will be re-delivered and de-duplicated");
+                    }
+                    tracing::debug!("identified");
+                }
+                .instrument(span)
+                .await;
+                id.stats.handled_one();
+                inc(&id.counters.identified);
+            }
+            Err(e) => self.nak_publish(ctx, e).await,
+        }
+    }
+
+    async fn nak_for_order(&self, ctx: Ctx) {
+        let id = self.identity;
+        inc(&id.counters.nak_order);
+        let delay = id
+            .options
+            .nak_delay(id.options.order_retry, ctx.deliveries, None);
+        let _ = ctx.msg.ack_with(AckKind::Nak(Some(delay))).await;
+    }
+
+    async fn nak_publish(&self, ctx: Ctx, error: String) {
+        let id = self.identity;
+        tracing::warn!(parent: &ctx.span, %error, "could not store identified read; retrying later");
+        id.stats.error(&error);
+        inc(&id.counters.nak_publish);
+        let delay = id
+            .options
+            .nak_delay(id.options.retry_base, ctx.deliveries, None);
+        let _ = ctx.msg.ack_with(AckKind::Nak(Some(delay))).await;
+    }
+}
+
+async fn wait_ack(ctx: Ctx, ack: PublishAckFuture) -> (Ctx, Result<(), String>) {
+    let r = ack.await.map(|_| ()).map_err(|e| e.to_string());
+    (ctx, r)
+}
+
+/// The unknown-tag answer, with the event's hint for the kiosk.
+pub fn unknown_tag(config: &EventConfig) -> v1::UnknownTag {
+    v1::UnknownTag {
+        reason: "tag not known to any identity backend".into(),
+        hint: config
+            .event
+            .as_ref()
+            .map(|e| e.unknown_tag_hint.clone())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| DEFAULT_UNKNOWN_HINT.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nak_delays_grow_respect_the_breaker_and_are_capped() {
+        let o = ServiceOptions::default();
+        let within = |d: Duration, want: Duration| {
+            d >= want.mul_f64(0.79) && d <= want.mul_f64(1.21)
+        };
+        assert!(within(o.nak_delay(o.retry_base, 1, None), Duration::from_secs(1)));
+        assert!(within(o.nak_delay(o.retry_base, 3, None), Duration::from_secs(4)));
+        assert!(within(o.nak_delay(o.retry_base, 50, None), Duration::from_secs(10)));
+        assert!(within(
+            o.nak_delay(o.retry_base, 1, Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        ));
+        assert!(within(o.nak_delay(o.order_retry, 1, None), Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn unknown_tags_carry_the_events_hint() {
+        let mut c = EventConfig::default();
+        assert_eq!(unknown_tag(&c).hint, DEFAULT_UNKNOWN_HINT);
+        c.event = Some(v1::EventSettings {
+            unknown_tag_hint: "Go to the desk".into(),
+            ..Default::default()
+        });
+        assert_eq!(unknown_tag(&c).hint, "Go to the desk");
+    }
 }

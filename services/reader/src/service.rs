@@ -186,21 +186,50 @@ pub async fn run(
     result
 }
 
-/// Creates the streams if they are missing, retrying until NATS answers.
-/// Failure is not fatal: publishing works against streams created by the
-/// other services, and a reader's credentials may not allow creating them.
+/// Checks that stream TAGPOLL_READS exists, retrying until NATS answers;
+/// creates the whole topology only when it is missing (a fresh development
+/// server). Never fatal and never blocking the taps: a reader device only
+/// needs to publish, and its least-privilege NATS user may look up the
+/// streams but not create them (deploy/nats/add-device.sh).
 async fn ensure_topology(js: async_nats::jetstream::Context) {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    use async_nats::jetstream::ErrorCode;
     let mut wait = Duration::from_secs(1);
     let mut warned = false;
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), tagpoll_bus::topology::ensure(&js)).await {
+        let looked_up = tokio::time::timeout(
+            Duration::from_secs(10),
+            js.get_stream(tagpoll_proto::names::STREAM_READS),
+        )
+        .await;
+        let problem = match looked_up {
             Ok(Ok(_)) => return,
-            Ok(Err(e)) if !warned => {
-                tracing::warn!(error = %e, "cannot check the JetStream streams yet; taps wait in the spool");
-                warned = true;
+            Ok(Err(e))
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tagpoll_bus::topology::ensure(&js),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => {
+                        tracing::info!("created the JetStream streams");
+                        return;
+                    }
+                    Ok(Err(e)) => format!("stream {} is missing and: {e}", tagpoll_proto::names::STREAM_READS),
+                    Err(_) => "creating the streams timed out".to_string(),
+                }
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "still cannot check the JetStream streams"),
-            Err(_) => tracing::debug!("checking the JetStream streams timed out"),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 10 s".to_string(),
+        };
+        if warned {
+            tracing::debug!(error = %problem, "still cannot look up the tap stream");
+        } else {
+            tracing::warn!(error = %problem, "cannot look up the tap stream yet; taps wait in the spool");
+            warned = true;
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(30));

@@ -3,12 +3,14 @@
 //!
 //! # Layout
 //! - [`audit`]: recounting a poll from the vote stream, and exports.
+//! - [`bench`]: `tagpoll bench`, the pipeline measured against the bus's own limit.
 //! - [`event`]: the event file format and its validation (pure).
 //! - [`show`]: human-readable lines and tables for outcomes and results.
 //! - [`status`]: `tagpoll status`, gathered from heartbeats and live answers.
 //! - [`nats_server`]: finding and supervising a private `nats-server`.
 //! - [`dev`]: `tagpoll dev`, the whole system as child processes.
 pub mod audit;
+pub mod bench;
 pub mod dev;
 pub mod event;
 pub mod nats_server;

@@ -84,6 +84,21 @@ enum Cmd {
         #[arg(long)]
         voter_ids: bool,
     },
+    /// Measure the pipeline against the bus's own limit on this machine.
+    Bench {
+        /// Small counts; finishes within a minute on 2 cores.
+        #[arg(long)]
+        quick: bool,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Run the server with its lazy default fsync instead of `sync_interval: always`.
+        #[arg(long)]
+        lazy_sync: bool,
+        /// Taps per second for the latency run.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+    },
     /// Show services, devices, readers and streams at a glance.
     Status {
         /// One JSON object (a contract: "services" and "devices" lists).
@@ -196,6 +211,24 @@ async fn main() -> anyhow::Result<()> {
         } => tap(reader, tag, device, no_wait).await?,
         Cmd::Tail { all } => tail(all).await?,
         Cmd::Results { poll, json } => results(poll, json).await?,
+        Cmd::Bench {
+            quick,
+            json,
+            lazy_sync,
+            rate,
+        } => {
+            let opts = tagpoll::bench::BenchOptions {
+                quick,
+                lazy_sync,
+                rate,
+            };
+            let report = tagpoll::bench::run(&opts, |step| eprintln!("bench: {step}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", tagpoll::bench::render(&report));
+            }
+        }
         Cmd::Status { json, watch } => status(json, watch).await?,
         Cmd::Replay { poll } => replay(poll).await?,
         Cmd::Export {

@@ -11,7 +11,7 @@ use tagpoll_tally::service;
 #[command(version)]
 struct Args {
     /// Minimum milliseconds between two results snapshots of one poll.
-    #[arg(long, env = "TAGPOLL_SNAPSHOT_INTERVAL_MS", default_value_t = 100)]
+    #[arg(long, env = "TAGPOLL_SNAPSHOT_INTERVAL_MS", default_value_t = 5)]
     snapshot_interval_ms: u64,
     /// This instance's share of the polls, INDEX/COUNT (e.g. 0/2 and 1/2 for two instances).
     #[arg(long, env = "TAGPOLL_TALLY_PARTITION", default_value = "0/1")]

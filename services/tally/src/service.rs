@@ -25,6 +25,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::{ballots::Ballots, partition::Partition, rules};
 
+/// How often every poll's snapshot is republished even without changes.
+pub const RESULTS_REFRESH: Duration = Duration::from_secs(5);
+
 /// Tunables.
 #[derive(Debug, Clone)]
 pub struct TallyOptions {
@@ -39,7 +42,7 @@ pub struct TallyOptions {
 impl Default for TallyOptions {
     fn default() -> Self {
         TallyOptions {
-            snapshot_interval: Duration::from_millis(100),
+            snapshot_interval: Duration::from_millis(5),
             partition: Partition::default(),
             max_in_flight: 256,
         }
@@ -367,8 +370,18 @@ async fn publish_snapshots(
     shared: Arc<Shared>,
     options: TallyOptions,
 ) {
+    // Results live in a memory bucket: a restarted server has none until we
+    // republish, so every poll is refreshed now and then even when idle.
+    let mut refresh = tokio::time::interval(RESULTS_REFRESH);
     loop {
-        shared.wake.notified().await;
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = refresh.tick() => {
+                for id in config.borrow().polls.keys().filter(|id| options.partition.owns(id)) {
+                    shared.dirty.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+                }
+            }
+        }
         let dirty: Vec<String> =
             std::mem::take(&mut *shared.dirty.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_iter()

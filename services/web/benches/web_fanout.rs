@@ -292,8 +292,8 @@ async fn main() -> anyhow::Result<()> {
         port: 0,
         sync_always: true,
     })?;
-    let client = async_nats::connect(server.url()).await?;
-    let js = async_nats::jetstream::new(client.clone());
+    let nats = async_nats::connect(server.url()).await?;
+    let js = async_nats::jetstream::new(nats);
     let buckets = tagpoll_bus::topology::ensure(&js).await?;
     tagpoll_bus::store::load(
         &buckets.config,

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use prost_types::Timestamp;
@@ -87,6 +87,10 @@ pub struct SenderJson {
     pub started_at: Option<String>,
     pub nats_connected: bool,
     pub handled: u64,
+    /// Work waiting for the service (e.g. reads the tally has not decided).
+    pub lag: u64,
+    /// Work started and not finished (e.g. publishes awaiting their ack).
+    pub in_flight: u64,
     pub last_error: String,
     pub spool_depth: u64,
     pub frame_errors: u64,
@@ -167,7 +171,9 @@ impl Monitor {
     }
 
     /// Starts listening; the subscriptions survive reconnects (async-nats
-    /// re-subscribes by itself).
+    /// re-subscribes by itself). Senders that went quiet before this service
+    /// started are learnt from stream `TAGPOLL_HEARTBEATS` (last one per
+    /// sender), so the admin page shows them offline rather than not at all.
     pub fn spawn(client: async_nats::Client, metrics: Arc<Metrics>) -> Self {
         let monitor = Monitor::new(metrics);
         let m = monitor.clone();
@@ -177,6 +183,21 @@ impl Monitor {
                 Ok(s) => s,
                 Err(e) => return tracing::error!(error = %e, "cannot follow heartbeats"),
             };
+            let js = async_nats::jetstream::new(c);
+            let seeded = tagpoll_bus::replay::replay(
+                &js,
+                tagpoll_proto::names::STREAM_HEARTBEATS,
+                None,
+                |_, subject, payload| {
+                    if let Ok(hb) = tagpoll_bus::decode::<v1::Heartbeat>(subject, payload) {
+                        m.seed_heartbeat(hb);
+                    }
+                },
+            )
+            .await;
+            if let Err(e) = seeded {
+                tracing::warn!(error = %e, "no earlier heartbeats; showing live ones only");
+            }
             while let Some(msg) = sub.next().await {
                 match tagpoll_bus::decode::<v1::Heartbeat>(&msg.subject, &msg.payload) {
                     Ok(hb) => m.record_heartbeat(hb, Instant::now()),
@@ -219,6 +240,24 @@ impl Monitor {
         );
     }
 
+    /// A stored heartbeat: its age comes from its own `sent_at`, and it
+    /// never replaces one received live.
+    pub fn seed_heartbeat(&self, hb: v1::Heartbeat) {
+        let wall = tagpoll_proto::to_system_time(hb.sent_at.as_ref()).unwrap_or(UNIX_EPOCH);
+        let age = SystemTime::now().duration_since(wall).unwrap_or_default();
+        let Some(at) = Instant::now().checked_sub(age) else {
+            return;
+        };
+        if age >= FORGET_AFTER {
+            return;
+        }
+        let key = (hb.kind.clone(), hb.name.clone(), hb.instance.clone());
+        self.lock()
+            .senders
+            .entry(key)
+            .or_insert(Seen { hb, at, wall });
+    }
+
     pub fn record_outcome(&self, o: &v1::VoteOutcome) {
         self.metrics.outcomes.inc();
         let mut st = self.lock();
@@ -258,6 +297,9 @@ impl Monitor {
         for seen in st.senders.values() {
             let hb = &seen.hb;
             let since = now.saturating_duration_since(seen.at);
+            if since >= FORGET_AFTER {
+                continue;
+            }
             let limit = offline_after(hb.interval_secs);
             let online = since < limit;
             let json = SenderJson {
@@ -273,6 +315,8 @@ impl Monitor {
                 started_at: ts(hb.started_at.as_ref()),
                 nats_connected: hb.nats_connected,
                 handled: hb.handled,
+                lag: hb.lag,
+                in_flight: hb.in_flight,
                 last_error: hb.last_error.clone(),
                 spool_depth: hb.spool_depth,
                 frame_errors: hb.frame_errors,
@@ -422,6 +466,21 @@ mod tests {
         let s = m.snapshot_at(&config, t0 + Duration::from_secs(8));
         assert!(s.devices[0].online && !s.readers[0].online);
         assert_eq!(s.readers[0].state, "disconnected");
+    }
+
+    #[test]
+    fn stored_heartbeats_age_by_their_send_time_and_yield_to_live_ones() {
+        let m = Monitor::new(Arc::default());
+        let mut old = device_hb("connected");
+        old.sent_at = Some(tagpoll_proto::timestamp(
+            SystemTime::now() - Duration::from_secs(10),
+        ));
+        m.seed_heartbeat(old.clone());
+        let s = m.snapshot(&EventConfig::default());
+        assert!(!s.devices[0].online && s.devices[0].seconds_since >= 9.9);
+        m.record_heartbeat(device_hb("connected"), Instant::now());
+        m.seed_heartbeat(old);
+        assert!(m.snapshot(&EventConfig::default()).devices[0].online);
     }
 
     #[test]
