@@ -43,6 +43,9 @@ struct Args {
     /// Simulated crowd size.
     #[arg(long, default_value_t = 300)]
     sim_crowd: usize,
+    /// Planned simulation: exactly this many reproducible taps (resumed after a restart), then idle.
+    #[arg(long)]
+    sim_taps: Option<u64>,
     /// Seed of the simulated crowd.
     #[arg(long, default_value_t = 7)]
     sim_seed: u64,
@@ -146,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
         rate: args.sim_rate,
         crowd: args.sim_crowd,
         seed: args.sim_seed,
+        taps: args.sim_taps,
     });
     service::run(cfg, spool_dir, client, sim).await?;
     Ok(())

@@ -28,6 +28,8 @@ pub struct NewTap {
     pub reader_id: String,
     pub uid: Vec<u8>,
     pub technology: TagTechnology,
+    /// A read id chosen by the source (planned simulations); else a fresh UUIDv7.
+    pub read_id: Option<String>,
 }
 
 /// Errors that stop the reader service.
@@ -154,7 +156,13 @@ pub async fn run(
     if let Some(sim) = sim {
         let buckets = tagpoll_bus::topology::ensure(&js).await?;
         let config = tagpoll_bus::config::follow(&js, buckets.config).await?;
-        tasks.spawn(crate::sim::run(sim, config, taps_tx.clone()));
+        tasks.spawn(crate::sim::run(
+            sim,
+            cfg.device_id.clone(),
+            spool_dir.clone(),
+            config,
+            taps_tx.clone(),
+        ));
     }
     drop(taps_tx);
 
@@ -192,8 +200,8 @@ pub async fn run(
 /// needs to publish, and its least-privilege NATS user may look up the
 /// streams but not create them (deploy/nats/add-device.sh).
 async fn ensure_topology(js: async_nats::jetstream::Context) {
-    use async_nats::jetstream::context::GetStreamErrorKind;
     use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::GetStreamErrorKind;
     let mut wait = Duration::from_secs(1);
     let mut warned = false;
     loop {
@@ -218,7 +226,10 @@ async fn ensure_topology(js: async_nats::jetstream::Context) {
                         tracing::info!("created the JetStream streams");
                         return;
                     }
-                    Ok(Err(e)) => format!("stream {} is missing and: {e}", tagpoll_proto::names::STREAM_READS),
+                    Ok(Err(e)) => format!(
+                        "stream {} is missing and: {e}",
+                        tagpoll_proto::names::STREAM_READS
+                    ),
                     Err(_) => "creating the streams timed out".to_string(),
                 }
             }
@@ -257,7 +268,9 @@ async fn append_loop(
         };
         if let Some(tap) = tap {
             let read = v1::TagRead {
-                read_id: uuid::Uuid::now_v7().to_string(),
+                read_id: tap
+                    .read_id
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
                 device_id: device_id.clone(),
                 reader_id: tap.reader_id.clone(),
                 tag_uid: tap.uid,
@@ -451,6 +464,7 @@ async fn serial_events(
                         reader_id,
                         uid,
                         technology,
+                        read_id: None,
                     })
                     .await
                     .is_err()
@@ -501,10 +515,16 @@ pub fn feedback_env(device_id: &str, outcome: &v1::VoteOutcome) -> Vec<(&'static
         ("TAGPOLL_DEVICE", device_id.to_string()),
         ("TAGPOLL_READER", outcome.reader_id.clone()),
         ("TAGPOLL_OUTCOME", outcome_name(outcome.kind()).to_string()),
-        ("TAGPOLL_REASON", reject_reason_name(outcome.reject_reason())),
+        (
+            "TAGPOLL_REASON",
+            reject_reason_name(outcome.reject_reason()),
+        ),
         ("TAGPOLL_POLL", outcome.poll_id.clone()),
         ("TAGPOLL_ANSWER", outcome.answer_id.clone()),
-        ("TAGPOLL_PREVIOUS_ANSWER", outcome.previous_answer_id.clone()),
+        (
+            "TAGPOLL_PREVIOUS_ANSWER",
+            outcome.previous_answer_id.clone(),
+        ),
         ("TAGPOLL_READ_ID", outcome.read_id.clone()),
         ("TAGPOLL_MESSAGE", outcome.message.clone()),
         ("TAGPOLL_HINT", outcome.hint.clone()),
