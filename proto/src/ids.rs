@@ -46,6 +46,28 @@ pub fn check_id(s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// Parses a tag UID written as hex (`04A1B2C3`, `04:a1:b2:c3`) into
+/// uppercase hex without separators; 4 to 10 bytes.
+pub fn normalize_uid(s: &str) -> Result<String, String> {
+    let hexs: String = s
+        .chars()
+        .filter(|c| !matches!(c, ':' | '-' | ' '))
+        .collect();
+    if hexs.is_empty()
+        || !hexs.len().is_multiple_of(2)
+        || !hexs.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        return Err(format!(
+            "tag {s:?} is not a UID in hex (an even number of hex digits, e.g. \"04A1B2C3\")"
+        ));
+    }
+    let bytes = hexs.len() / 2;
+    if !(4..=10).contains(&bytes) {
+        return Err(format!("tag {s:?} has {bytes} bytes; UIDs have 4 to 10"));
+    }
+    Ok(hexs.to_ascii_uppercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +75,18 @@ mod tests {
     #[test]
     fn accepts_plain_ids() {
         assert_eq!(check_id("poll-1_a"), Ok(()));
+    }
+
+    #[test]
+    fn normalizes_uids() {
+        assert_eq!(normalize_uid("04:a1:b2:c3"), Ok("04A1B2C3".into()));
+        assert_eq!(
+            normalize_uid("04-11-22-33-44-55-66"),
+            Ok("04112233445566".into())
+        );
+        assert!(normalize_uid("0102").is_err());
+        assert!(normalize_uid("XYZ").is_err());
+        assert!(normalize_uid("123").is_err());
     }
 
     #[test]

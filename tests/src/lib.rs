@@ -7,12 +7,13 @@
 //!   folder against that server, killed when dropped.
 //! - [`cli`]: runs the `tagpoll` command.
 //! - [`http_json`], [`eventually`]: small helpers for assertions.
-//! - [`reference`]: a plain reference model of the poll rules.
+//! - [`reference`]: the plain reference model of the poll rules (from the tally crate).
 //!
 //! A missing `nats-server` fails the test with instructions; nothing here
 //! ever skips.
 
-pub mod reference;
+pub mod cluster;
+pub use tagpoll_tally::reference;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -7,6 +7,8 @@
 //! - [`publish`]: durable publishes that only count once JetStream acknowledged them.
 //! - [`heartbeat`]: periodic liveness messages.
 //! - [`store`]: writing the event and live changes (open/close, remap) into KV.
+//! - [`nats_server`], [`process`]: running a private nats-server and service
+//!   binaries as children (dev, tests, benchmarks, fault runs).
 //! - [`telemetry`]: tracing set-up shared by the binaries.
 //!
 //! Subject and stream names come from [`tagpoll_proto`]; none are spelled here.
@@ -14,6 +16,8 @@
 pub mod config;
 pub mod connect;
 pub mod heartbeat;
+pub mod nats_server;
+pub mod process;
 pub mod publish;
 pub mod replay;
 pub mod store;

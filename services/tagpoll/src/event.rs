@@ -160,27 +160,7 @@ impl Lines<'_> {
     }
 }
 
-/// Parses a tag UID written as hex (`04A1B2C3`, `04:a1:b2:c3`) into
-/// uppercase hex without separators; 4 to 10 bytes.
-pub fn normalize_uid(s: &str) -> Result<String, String> {
-    let hexs: String = s
-        .chars()
-        .filter(|c| !matches!(c, ':' | '-' | ' '))
-        .collect();
-    if hexs.is_empty()
-        || !hexs.len().is_multiple_of(2)
-        || !hexs.chars().all(|c| c.is_ascii_hexdigit())
-    {
-        return Err(format!(
-            "tag {s:?} is not a UID in hex (an even number of hex digits, e.g. \"04A1B2C3\")"
-        ));
-    }
-    let bytes = hexs.len() / 2;
-    if !(4..=10).contains(&bytes) {
-        return Err(format!("tag {s:?} has {bytes} bytes; UIDs have 4 to 10"));
-    }
-    Ok(hexs.to_ascii_uppercase())
-}
+pub use tagpoll_proto::ids::normalize_uid;
 
 fn to_timestamp(dt: &toml::value::Datetime) -> Result<prost_types::Timestamp, String> {
     let (Some(date), Some(time), Some(offset)) = (dt.date, dt.time, dt.offset) else {

@@ -13,7 +13,8 @@ pub mod audit;
 pub mod bench;
 pub mod dev;
 pub mod event;
-pub mod nats_server;
+/// Running a private nats-server lives in the bus crate (identity's benchmark uses it too).
+pub use tagpoll_bus::nats_server;
 pub mod show;
 pub mod status;
 

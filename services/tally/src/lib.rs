@@ -4,8 +4,10 @@
 //! - [`rules`]: pure decision logic: what does this read mean for this poll?
 //! - [`ballots`]: the counted state, rebuilt from the vote stream alone.
 //! - [`partition`]: which polls this instance owns when several share an event.
+//! - [`reference`]: a deliberately plain model of the rules, for tests and `tagpoll chaos`.
 //! - [`service`]: wiring: identified reads → decide → vote stream → results.
 pub mod ballots;
 pub mod partition;
+pub mod reference;
 pub mod rules;
 pub mod service;

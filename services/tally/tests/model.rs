@@ -10,8 +10,8 @@ use prost::Message;
 use tagpoll_bus::config::EventConfig;
 use tagpoll_proto::v1::{self, PollState, VoteMode};
 use tagpoll_tally::ballots::Ballots;
+use tagpoll_tally::reference::{Model, ModelRules as PollRules};
 use tagpoll_tally::rules;
-use tagpoll_tests::reference::{Model, ModelRules as PollRules};
 
 const POLLS: [&str; 2] = ["p", "q"];
 const ANSWERS: [&str; 3] = ["a", "b", "c"];

@@ -153,7 +153,7 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| io(&log_path, e))?)
             .stderr(log);
-        crate::dev::die_with_parent(&mut cmd);
+        crate::process::die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|e| io(&self.binary, e))?;
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(20))
@@ -216,7 +216,7 @@ impl NatsServer {
     /// Stops the server (SIGTERM, then SIGKILL after 5 s) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            crate::dev::terminate(&mut child, Duration::from_secs(5));
+            crate::process::terminate(&mut child, Duration::from_secs(5));
         }
     }
 
