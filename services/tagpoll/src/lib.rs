@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`audit`]: recounting a poll from the vote stream, and exports.
 //! - [`bench`]: `tagpoll bench`, the pipeline measured against the bus's own limit.
+//! - [`chaos`]: `tagpoll chaos`, faults injected while votes flow, then a verdict.
 //! - [`event`]: the event file format and its validation (pure).
 //! - [`show`]: human-readable lines and tables for outcomes and results.
 //! - [`status`]: `tagpoll status`, gathered from heartbeats and live answers.
@@ -11,6 +12,7 @@
 //! - [`dev`]: `tagpoll dev`, the whole system as child processes.
 pub mod audit;
 pub mod bench;
+pub mod chaos;
 pub mod dev;
 pub mod event;
 /// Running a private nats-server lives in the bus crate (identity's benchmark uses it too).

@@ -99,6 +99,23 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         rate: u32,
     },
+    /// Inject faults while simulated devices tap, then check nothing was lost or doubled.
+    Chaos {
+        /// Taps in total, spread over the devices.
+        #[arg(long, default_value_t = 20_000)]
+        taps: u64,
+        /// Simulated reader devices.
+        #[arg(long, default_value_t = 4)]
+        devices: u32,
+        /// Taps per second, all devices together.
+        #[arg(long, default_value_t = 600.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object (taps, expected_votes, counted_votes, lost, doubled, faults, …).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show services, devices, readers and streams at a glance.
     Status {
         /// One JSON object (a contract: "services" and "devices" lists).
@@ -227,6 +244,38 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", tagpoll::bench::render(&report));
+            }
+        }
+        Cmd::Chaos {
+            taps,
+            devices,
+            rate,
+            seed,
+            json,
+        } => {
+            if devices == 0 || taps < u64::from(devices) {
+                bail!("--taps must be at least --devices, and --devices at least 1");
+            }
+            let opts = tagpoll::chaos::ChaosOptions {
+                taps,
+                devices,
+                rate,
+                seed,
+                crowd: 300,
+            };
+            let report = tagpoll::chaos::run(&opts, |line| eprintln!("chaos: {line}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", tagpoll::chaos::render(&report));
+            }
+            if !report.passed() {
+                bail!(
+                    "chaos run failed: {} lost, {} doubled, counts match: {}",
+                    report.lost,
+                    report.doubled,
+                    report.counts_match
+                );
             }
         }
         Cmd::Status { json, watch } => status(json, watch).await?,

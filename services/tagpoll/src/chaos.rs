@@ -1,0 +1,501 @@
+//! `tagpoll chaos`: break things while votes flow, then prove that no vote
+//! was lost or doubled.
+//!
+//! Everything runs on loopback: a private nats-server (or a 3-node cluster),
+//! identity, tally, web, and several simulated reader devices in planned
+//! mode (`--sim-taps`), so the driver knows exactly which taps each device
+//! makes. While they tap, the driver SIGKILLs and restarts each service in
+//! turn, a reader device, and the nats-server (or one cluster node). At the
+//! end it compares:
+//! - the taps in `TAGPOLL_READS` with the planned ones (lost: missing;
+//!   doubled: stored twice),
+//! - the outcomes in `TAGPOLL_VOTES` with the stored reads (exactly one each),
+//! - the counts in KV with a reference count of what was tapped.
+//!
+//! The event's polls let every voter pick every answer (multiple choice), so
+//! the reference count — distinct (voter, poll, answer) — does not depend on
+//! the order in which crashes made the services decide reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use prost::Message;
+use serde::Serialize;
+use tagpoll_bus::nats_server::{NatsServer, ServerOptions};
+use tagpoll_bus::process::ServiceProcess;
+use tagpoll_proto::{names, v1};
+use tagpoll_tally::reference::{Model, ModelRules};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    pub taps: u64,
+    pub devices: u32,
+    /// Taps per second, all devices together.
+    pub rate: f64,
+    pub seed: u64,
+    /// People per device crowd.
+    pub crowd: usize,
+}
+
+/// The verdict. Field names are a contract (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosReport {
+    pub taps: u64,
+    pub devices: u32,
+    pub reads_stored: u64,
+    pub outcomes_stored: u64,
+    pub expected_votes: u64,
+    pub counted_votes: u64,
+    pub lost: u64,
+    pub doubled: u64,
+    pub counts_match: bool,
+    pub faults: Vec<String>,
+    pub duration_s: f64,
+    pub cluster_nodes: u32,
+}
+
+impl ChaosReport {
+    /// Whether the run proved what it should.
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.doubled == 0
+            && self.counts_match
+            && self.counted_votes == self.expected_votes
+    }
+}
+
+/// Errors that stop a run (as opposed to a failed verdict).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ChaosError(String);
+
+fn err(e: impl std::fmt::Display) -> ChaosError {
+    ChaosError(e.to_string())
+}
+
+const EVENT: &str = r#"
+[event]
+id = "chaos"
+identity = ["anonymous"]
+
+[[polls]]
+id = "pick2"
+question = "Pick any of two"
+max_choices = 2
+allow_anonymous = true
+answers = [{ id = "a", label = "A" }, { id = "b", label = "B" }]
+
+[[polls]]
+id = "pick3"
+question = "Pick any of three"
+max_choices = 3
+allow_anonymous = true
+answers = [{ id = "x", label = "X" }, { id = "y", label = "Y" }, { id = "z", label = "Z" }]
+
+[[readers]]
+id = "ra"
+poll = "pick2"
+answer = "a"
+
+[[readers]]
+id = "rb"
+poll = "pick2"
+answer = "b"
+
+[[readers]]
+id = "rx"
+poll = "pick3"
+answer = "x"
+
+[[readers]]
+id = "ry"
+poll = "pick3"
+answer = "y"
+
+[[readers]]
+id = "rz"
+poll = "pick3"
+answer = "z"
+"#;
+
+/// One planned tap.
+#[derive(Debug, Clone)]
+struct Planned {
+    reader: String,
+    uid: Vec<u8>,
+}
+
+fn device_id(d: u32) -> String {
+    format!("chaos-{d}")
+}
+
+fn plan(opts: &ChaosOptions, readers: &[String]) -> HashMap<String, Planned> {
+    let per = opts.taps / u64::from(opts.devices);
+    let mut planned = HashMap::new();
+    for d in 0..opts.devices {
+        let seed = opts.seed + u64::from(d);
+        let crowd = tagpoll_reader::sim::crowd(seed, opts.crowd);
+        for i in 0..per {
+            let (reader, uid) = tagpoll_reader::sim::planned_tap(seed, i, readers, &crowd);
+            planned.insert(
+                tagpoll_reader::sim::planned_read_id(&device_id(d), seed, i),
+                Planned { reader, uid },
+            );
+        }
+    }
+    planned
+}
+
+struct Services {
+    identity: ServiceProcess,
+    tally: ServiceProcess,
+    web: ServiceProcess,
+    readers: Vec<ServiceProcess>,
+}
+
+/// Runs the whole thing against a single nats-server.
+pub async fn run(
+    opts: &ChaosOptions,
+    mut say: impl FnMut(&str),
+) -> Result<ChaosReport, ChaosError> {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("tagpoll-chaos-")
+        .tempdir()
+        .map_err(err)?;
+    let mut server = NatsServer::start(ServerOptions {
+        dir: dir.path().join("nats"),
+        port: 0,
+        sync_always: true,
+    })
+    .map_err(err)?;
+    let url = server.url();
+    let event = crate::event::parse(EVENT).map_err(err)?;
+    {
+        let client = async_nats::connect(&url).await.map_err(err)?;
+        let js = jetstream::new(client);
+        let buckets = tagpoll_bus::topology::ensure(&js).await.map_err(err)?;
+        tagpoll_bus::store::load(&buckets.config, &event)
+            .await
+            .map_err(err)?;
+    }
+    let readers: Vec<String> = {
+        let mut r: Vec<String> = event.readers.iter().map(|r| r.reader_id.clone()).collect();
+        r.sort();
+        r
+    };
+    let per_device = opts.taps / u64::from(opts.devices);
+    let taps = per_device * u64::from(opts.devices);
+    let planned = plan(opts, &readers);
+
+    let env = vec![
+        ("NATS_URL".to_string(), url.clone()),
+        (
+            "TAGPOLL_VOTER_KEY".to_string(),
+            "chaos-voter-key-0123456789abcdef".to_string(),
+        ),
+        ("RUST_LOG".to_string(), "warn".to_string()),
+    ];
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).map_err(err)?;
+    let web_port = tagpoll_bus::nats_server::free_port().map_err(err)?;
+    let start =
+        |name: &str, args: Vec<String>, log_name: &str| -> Result<ServiceProcess, ChaosError> {
+            let log_dir = logs.join(log_name);
+            std::fs::create_dir_all(&log_dir).map_err(err)?;
+            let mut p = ServiceProcess::new(name, &args, &env, &log_dir).map_err(err)?;
+            p.start().map_err(err)?;
+            Ok(p)
+        };
+    let mut services = Services {
+        identity: start("tagpoll-identity", vec![], "identity")?,
+        tally: start("tagpoll-tally", vec![], "tally")?,
+        web: start(
+            "tagpoll-web",
+            vec!["--http".into(), format!("127.0.0.1:{web_port}")],
+            "web",
+        )?,
+        readers: Vec::new(),
+    };
+    for d in 0..opts.devices {
+        let args = vec![
+            "--device".into(),
+            device_id(d),
+            "--simulate".into(),
+            "--sim-taps".into(),
+            per_device.to_string(),
+            "--sim-rate".into(),
+            (opts.rate / f64::from(opts.devices)).to_string(),
+            "--sim-seed".into(),
+            (opts.seed + u64::from(d)).to_string(),
+            "--sim-crowd".into(),
+            opts.crowd.to_string(),
+            "--spool".into(),
+            dir.path().join(format!("spool-{d}")).display().to_string(),
+        ];
+        services
+            .readers
+            .push(start("tagpoll-reader", args, &device_id(d))?);
+    }
+    say(&format!(
+        "{taps} planned taps from {} devices at {:.0}/s",
+        opts.devices, opts.rate
+    ));
+
+    // Faults, spread over the time the devices need to tap.
+    let planned_secs = taps as f64 / opts.rate;
+    let kinds = [
+        "tally",
+        "identity",
+        "reader",
+        "web",
+        "nats-server",
+        "tally",
+        "identity",
+    ];
+    let mut faults = Vec::new();
+    for (k, kind) in kinds.iter().enumerate() {
+        let at = Duration::from_secs_f64(planned_secs * (k as f64 + 0.5) / kinds.len() as f64);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(started + at)).await;
+        let down = Duration::from_millis(300 + (opts.seed.wrapping_mul(k as u64 + 1) % 700));
+        let fault = match *kind {
+            "tally" => restart("tally", &mut services.tally, down).await?,
+            "identity" => restart("identity", &mut services.identity, down).await?,
+            "web" => restart("web", &mut services.web, down).await?,
+            "reader" => {
+                let d = (k as u32) % opts.devices;
+                restart(&device_id(d), &mut services.readers[d as usize], down).await?
+            }
+            _ => {
+                server.kill();
+                tokio::time::sleep(down * 3).await;
+                server.restart().map_err(err)?;
+                format!(
+                    "SIGKILL nats-server, restarted after {} ms",
+                    (down * 3).as_millis()
+                )
+            }
+        };
+        let fault = format!("{fault} at {:.1}s", at.as_secs_f64());
+        say(&fault);
+        faults.push(fault);
+    }
+
+    say("waiting for every tap to be decided");
+    let client = async_nats::connect(&url).await.map_err(err)?;
+    let js = jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs_f64(planned_secs * 3.0 + 180.0);
+    let mut stable_since: Option<(u64, u64, Instant)> = None;
+    loop {
+        let reads = messages(&js, names::STREAM_READS).await?;
+        let votes = messages(&js, names::STREAM_VOTES).await?;
+        match stable_since {
+            Some((r, v, t))
+                if r == reads
+                    && v == votes
+                    && reads >= taps
+                    && votes >= reads
+                    && t.elapsed() > Duration::from_secs(2) =>
+            {
+                break;
+            }
+            Some((r, v, _)) if r == reads && v == votes => {}
+            _ => stable_since = Some((reads, votes, Instant::now())),
+        }
+        if Instant::now() > deadline {
+            say(&format!(
+                "gave up waiting: {reads} reads, {votes} outcomes stored"
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let report = verdict(&js, opts, taps, &planned, &event, faults, started).await?;
+    drop(services);
+    server.stop();
+    if !report.passed() {
+        keep_logs(dir.path(), &mut say);
+    }
+    Ok(report)
+}
+
+fn keep_logs(dir: &Path, say: &mut impl FnMut(&str)) {
+    let keep = std::env::temp_dir().join(format!("tagpoll-chaos-failed-{}", std::process::id()));
+    if std::fs::rename(dir.join("logs"), &keep).is_ok() {
+        say(&format!("logs kept in {}", keep.display()));
+    }
+}
+
+async fn restart(what: &str, p: &mut ServiceProcess, down: Duration) -> Result<String, ChaosError> {
+    p.kill();
+    tokio::time::sleep(down).await;
+    p.start().map_err(err)?;
+    Ok(format!(
+        "SIGKILL {what}, restarted after {} ms",
+        down.as_millis()
+    ))
+}
+
+async fn messages(js: &jetstream::Context, stream: &str) -> Result<u64, ChaosError> {
+    // The server may still be coming back: retry a little.
+    for _ in 0..40 {
+        if let Ok(mut s) = js.get_stream(stream).await {
+            if let Ok(info) = s.info().await {
+                return Ok(info.state.messages);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(err(format!("stream {stream} unreachable")))
+}
+
+async fn verdict(
+    js: &jetstream::Context,
+    opts: &ChaosOptions,
+    taps: u64,
+    planned: &HashMap<String, Planned>,
+    event: &crate::event::Event,
+    faults: Vec<String>,
+    started: Instant,
+) -> Result<ChaosReport, ChaosError> {
+    let mut stored_reads: HashMap<String, u32> = HashMap::new();
+    let mut mismatched = 0u64;
+    tagpoll_bus::replay::replay(js, names::STREAM_READS, None, |_, subject, payload| {
+        if let Ok(r) = tagpoll_bus::decode::<v1::TagRead>(subject, payload) {
+            // A stored tap must be the one its device planned.
+            if planned
+                .get(&r.read_id)
+                .is_some_and(|p| p.reader != r.reader_id || p.uid != r.tag_uid)
+            {
+                mismatched += 1;
+            }
+            *stored_reads.entry(r.read_id).or_default() += 1;
+        }
+    })
+    .await
+    .map_err(err)?;
+    let mut outcomes: HashMap<String, u32> = HashMap::new();
+    tagpoll_bus::replay::replay(js, names::STREAM_VOTES, None, |_, subject, payload| {
+        if let Ok(o) = tagpoll_bus::decode::<v1::VoteOutcome>(subject, payload) {
+            *outcomes.entry(o.read_id).or_default() += 1;
+        }
+    })
+    .await
+    .map_err(err)?;
+
+    // Lost: planned and never stored, or stored and never decided.
+    // Doubled: stored or decided more than once, or stored but never planned.
+    let mut lost = 0u64;
+    let mut doubled = 0u64;
+    lost += planned
+        .keys()
+        .filter(|id| !stored_reads.contains_key(*id))
+        .count() as u64;
+    doubled += mismatched;
+    for (id, n) in &stored_reads {
+        doubled += u64::from(n.saturating_sub(1));
+        if !planned.contains_key(id) {
+            doubled += 1;
+        }
+        match outcomes.get(id) {
+            None => lost += 1,
+            Some(k) => doubled += u64::from(k.saturating_sub(1)),
+        }
+    }
+    // The reference: what was planned (and stored), counted plainly.
+    let mut model = Model::default();
+    for p in &event.polls {
+        model.open.insert(p.poll_id.clone(), true);
+        model.rules.insert(
+            p.poll_id.clone(),
+            ModelRules {
+                change: false,
+                max: p.answers.len(),
+                anon: true,
+            },
+        );
+    }
+    for r in &event.readers {
+        model.map.insert(
+            r.reader_id.clone(),
+            (r.poll_id.clone(), r.answer_id.clone()),
+        );
+    }
+    let mut planned_order: Vec<(&String, &Planned)> = planned.iter().collect();
+    planned_order.sort_by(|a, b| a.0.cmp(b.0));
+    for (id, p) in planned_order {
+        model.tap(
+            id,
+            &p.reader,
+            Some(&format!("anon:{}", hex::encode(&p.uid))),
+        );
+    }
+    let kv = js.get_key_value(names::KV_RESULTS).await.map_err(err)?;
+    let mut counts_match = true;
+    let mut expected_votes = 0;
+    let mut counted_votes = 0;
+    for p in &event.polls {
+        let want: BTreeMap<String, u64> = model.counts(&p.poll_id).into_iter().collect();
+        expected_votes += want.values().sum::<u64>();
+        // The tally republishes within a few seconds; wait for the final one.
+        let mut got = BTreeMap::new();
+        for _ in 0..60 {
+            got = match kv.get(names::results_key(&p.poll_id)).await.map_err(err)? {
+                Some(b) => v1::PollResults::decode(b.as_ref())
+                    .map_err(err)?
+                    .answers
+                    .into_iter()
+                    .filter(|a| a.votes > 0)
+                    .map(|a| (a.answer_id, a.votes))
+                    .collect(),
+                None => BTreeMap::new(),
+            };
+            if got == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        counted_votes += got.values().sum::<u64>();
+        counts_match &= got == want;
+    }
+    Ok(ChaosReport {
+        taps,
+        devices: opts.devices,
+        reads_stored: stored_reads.values().map(|n| u64::from(*n)).sum(),
+        outcomes_stored: outcomes.values().map(|n| u64::from(*n)).sum(),
+        expected_votes,
+        counted_votes,
+        lost,
+        doubled,
+        counts_match,
+        faults,
+        duration_s: started.elapsed().as_secs_f64(),
+        cluster_nodes: 1,
+    })
+}
+
+/// A human summary.
+pub fn render(r: &ChaosReport) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("taps sent       {}\n", r.taps));
+    out.push_str(&format!("reads stored    {}\n", r.reads_stored));
+    out.push_str(&format!("outcomes stored {}\n", r.outcomes_stored));
+    out.push_str(&format!("expected votes  {}\n", r.expected_votes));
+    out.push_str(&format!("votes counted   {}\n", r.counted_votes));
+    out.push_str(&format!("lost            {}\n", r.lost));
+    out.push_str(&format!("doubled         {}\n", r.doubled));
+    out.push_str(&format!("counts match    {}\n", r.counts_match));
+    out.push_str("faults:\n");
+    for f in &r.faults {
+        out.push_str(&format!("  {f}\n"));
+    }
+    out.push_str(&format!(
+        "{} in {:.1} s\n",
+        if r.passed() { "PASSED" } else { "FAILED" },
+        r.duration_s
+    ));
+    out
+}

@@ -1,0 +1,52 @@
+//! The fault test: 20,000 taps from several simulated devices while each
+//! service, a reader device and the nats-server are SIGKILLed and restarted
+//! in turn; afterwards nothing is lost or doubled (`tagpoll chaos`).
+
+use tagpoll_tests::cli_with_env;
+
+#[test]
+fn chaos_run_loses_and_doubles_nothing() {
+    let out = cli_with_env(
+        &[
+            "chaos",
+            "--taps",
+            "20000",
+            "--devices",
+            "4",
+            "--rate",
+            "800",
+            "--json",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    println!(
+        "chaos: taps sent {} / votes counted {} (expected {}) / lost {} / doubled {} / faults {}",
+        report["taps"],
+        report["counted_votes"],
+        report["expected_votes"],
+        report["lost"],
+        report["doubled"],
+        report["faults"]
+    );
+    assert_eq!(report["taps"], 20000);
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["doubled"], 0, "{report}");
+    assert_eq!(
+        report["counted_votes"], report["expected_votes"],
+        "{report}"
+    );
+    assert_eq!(report["counts_match"], true);
+    let faults = report["faults"].as_array().unwrap();
+    for kind in ["tally", "identity", "chaos-", "web", "nats-server"] {
+        assert!(
+            faults.iter().any(|f| f.as_str().unwrap().contains(kind)),
+            "no {kind} fault in {faults:?}"
+        );
+    }
+    assert!(out.status.success(), "{stderr}");
+}
