@@ -6,7 +6,7 @@
 # The device may then only
 #   - publish taps on tagpoll.reads.DEVICE.> and heartbeats on
 #     tagpoll.heartbeat.device.DEVICE.>,
-#   - look up the tagpoll streams (tagpoll-reader does at start),
+#   - look up the tagpoll streams and buckets (tagpoll-reader does at start),
 #   - receive the outcomes of its own READERs (tagpoll.outcomes.*.READER,
 #     for the LED/buzzer feedback) and replies on its own inbox
 #     (_INBOX.reader-DEVICE.>, which the services' NATS client uses by itself).
@@ -90,7 +90,7 @@ trap 'rm -f "$block" "$block.new"' EXIT
     echo "  # >>> device $device"
     echo "  {user: \"$user\", password: \"$hash\", permissions: {"
     echo "    publish: { allow: ["
-    for s in TAGPOLL_READS TAGPOLL_IDENTIFIED TAGPOLL_VOTES KV_tagpoll_config KV_tagpoll_results; do
+    for s in TAGPOLL_READS TAGPOLL_IDENTIFIED TAGPOLL_VOTES TAGPOLL_HEARTBEATS KV_tagpoll_config KV_tagpoll_results; do
         echo "      \"\$JS.API.STREAM.INFO.$s\""
     done
     echo "      \"tagpoll.reads.$device.>\""

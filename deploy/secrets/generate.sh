@@ -13,11 +13,16 @@
 #
 # Reader boxes get their own passwords from deploy/nats/add-device.sh.
 # Everything here is letters and digits starting with a letter, so it is
-# safe in nats-server's config variables. Files are mode 600.
+# safe in nats-server's config variables.
+#
+# Permissions: the folder is made mode 700 (only you), the files 644 —
+# docker bind-mounts secret files with their host mode, and the services
+# run as uid 10001 in their containers, so they must be able to read them.
 set -euo pipefail
 dir="${1:-$(cd "$(dirname "$0")" && pwd)}"
-mkdir -p "$dir"
-umask 077
+mkdir -p "$dir" "$dir/tls"
+chmod 700 "$dir"
+umask 022
 random() { printf 'p%s' "$(head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n')"; }
 make() {
     local file="$dir/$1" bytes="$2"

@@ -178,7 +178,15 @@ pub async fn connect(opts: &BusOptions, retry: bool) -> Result<async_nats::Clien
             .add_client_certificate(cert.into(), key.into())
             .require_tls(true);
     }
-    co.connect(opts.url.as_str())
+    // `NATS_URL` may list several servers (a cluster), comma-separated: the
+    // client picks one that answers and fails over to the others.
+    let servers: Vec<&str> = opts
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    co.connect(servers)
         .await
         .map_err(|source| BusError::Connect {
             url: opts.url.clone(),
