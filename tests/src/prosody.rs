@@ -348,7 +348,7 @@ enum Cmd {
         IqRequest,
         oneshot::Sender<Result<Option<Element>, String>>,
     ),
-    Send(Stanza),
+    Send(Box<Stanza>),
 }
 
 /// A plain XMPP client for tests, built directly on tokio-xmpp (none of
@@ -411,7 +411,7 @@ impl XmppTestClient {
                     cmd = cmd_rx.recv() => match cmd {
                         None => return,
                         Some(Cmd::Send(s)) => {
-                            let _ = client.send_stanza(s).await;
+                            let _ = client.send_stanza(*s).await;
                         }
                         Some(Cmd::Iq(to, req, reply)) => {
                             let token = client.send_iq(Some(to), req).await;
@@ -462,7 +462,7 @@ impl XmppTestClient {
     pub fn send_raw(&self, xml: &str) {
         let el: Element = xml.parse().expect("stanza XML");
         let stanza = Stanza::try_from(el).expect("a stanza");
-        let _ = self.cmds.send(Cmd::Send(stanza));
+        let _ = self.cmds.send(Cmd::Send(Box::new(stanza)));
     }
 
     /// Subscribes the bare JID to `node` on `service`.
@@ -548,7 +548,7 @@ impl XmppTestClient {
         mut pred: impl FnMut(&Element) -> bool,
     ) -> Item {
         let matches = |it: &Item, pred: &mut dyn FnMut(&Element) -> bool| {
-            it.node == node && it.payload.as_ref().is_some_and(|p| pred(p))
+            it.node == node && it.payload.as_ref().is_some_and(&mut *pred)
         };
         if let Some(i) = self.backlog.iter().position(|it| matches(it, &mut pred)) {
             return self.backlog.remove(i);

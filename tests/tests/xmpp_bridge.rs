@@ -492,7 +492,8 @@ fn bad_configuration_is_refused_naming_the_variable() {
         ("TAGPOLL_XMPP_JID", "bridge@localhost"),
         ("TAGPOLL_XMPP_PASSWORD", "pw"),
     ];
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         (&[], "TAGPOLL_XMPP_JID", "not set"),
         (
             &[("TAGPOLL_XMPP_JID", "bridge@localhost")],
@@ -528,4 +529,32 @@ fn bad_configuration_is_refused_naming_the_variable() {
             "{env:?}: error should name {var} and say {words:?}: {err}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_plaintext_allowed_the_bridge_insists_on_starttls() {
+    // The test server offers no TLS: a bridge not allowed plaintext must
+    // never log in over it (no silent downgrade), and keeps retrying.
+    let p = prosody::shared();
+    p.register("bridge4", "bridge4-pw");
+    let bus = TestBus::start();
+    let env: Vec<(&'static str, String)> = bridge_env(p, "bridge4")
+        .into_iter()
+        .filter(|(k, _)| *k != "TAGPOLL_XMPP_ALLOW_PLAINTEXT")
+        .collect();
+    let _bridge = start_bridge(&bus, &env);
+    let log = bus.path().join("logs/tagpoll-xmpp.log");
+    let text = eventually(WAIT, "a failed STARTTLS connect in the log", || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Failed to connect") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        }
+    })
+    .await;
+    assert!(!text.contains("XMPP online"), "{text}");
 }

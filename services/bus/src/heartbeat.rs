@@ -13,6 +13,18 @@ use tagpoll_proto::{subjects, v1};
 /// Seconds between heartbeats.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
+/// How often services check that the memory-backed stores still exist.
+pub const STORES_CHECK: Duration = Duration::from_secs(3);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A sender is offline after this many missed heartbeats …
 pub const MISSED_BEATS: u32 = 3;
 /// … or this long without one, whichever is shorter.
@@ -126,9 +138,24 @@ pub fn spawn_service(
             }
         })
     };
+    let stores = {
+        let js = async_nats::jetstream::new(client.clone());
+        tokio::spawn(async move {
+            // Memory-backed stores vanish with a server restart: put them back.
+            let mut tick = tokio::time::interval(STORES_CHECK);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = crate::topology::ensure_memory_stores(&js).await {
+                    tracing::debug!(error = %e, "cannot check the memory stores");
+                }
+            }
+        })
+    };
     tokio::spawn(async move {
         let subject = subjects::heartbeat("service", name, &sender.instance);
         let mut tick = tokio::time::interval(INTERVAL);
+        let _stores = AbortOnDrop(stores);
         loop {
             tick.tick().await;
             let hb = sender.heartbeat(&client, &stats);

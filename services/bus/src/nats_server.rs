@@ -240,3 +240,147 @@ impl Drop for NatsServer {
         self.stop();
     }
 }
+
+/// A 3-node (or N-node) JetStream cluster of private servers on loopback,
+/// for fault runs that show the design holds where one box is not enough.
+/// Every node fsyncs each message (`sync_interval: always`).
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    binary: PathBuf,
+}
+
+struct ClusterNode {
+    dir: PathBuf,
+    port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes under `dir` and waits until each accepts clients
+    /// and JetStream has a meta leader.
+    pub fn start(dir: &Path, size: usize) -> Result<Self, NatsServerError> {
+        let binary = find_binary()?;
+        let ports: Vec<(u16, u16)> = (0..size)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| io("127.0.0.1:0", e))?;
+        let routes: Vec<String> = ports.iter().map(|(_, r)| format!("nats-route://127.0.0.1:{r}")).collect();
+        let mut nodes = Vec::new();
+        for (i, (port, route)) in ports.iter().enumerate() {
+            let node_dir = dir.join(format!("node{}", i + 1));
+            std::fs::create_dir_all(node_dir.join("store")).map_err(|e| io(&node_dir, e))?;
+            let node_dir = std::fs::canonicalize(&node_dir).map_err(|e| io(&node_dir, e))?;
+            let conf = node_dir.join("nats.conf");
+            let text = format!(
+                "server_name: n{n}\nlisten: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\ncluster {{\n  name: tagpoll_chaos\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
+                n = i + 1,
+                store = node_dir.join("store").display(),
+                routes = routes.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", "),
+            );
+            std::fs::write(&conf, text).map_err(|e| io(&conf, e))?;
+            nodes.push(ClusterNode {
+                dir: node_dir,
+                port: *port,
+                conf,
+                child: None,
+            });
+        }
+        let mut cluster = NatsCluster { nodes, binary };
+        for i in 0..size {
+            cluster.spawn(i)?;
+        }
+        for i in 0..size {
+            cluster.wait_ready(i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), NatsServerError> {
+        let node = &mut self.nodes[i];
+        let log_path = node.dir.join("nats-server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| io(&log_path, e))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-c")
+            .arg(&node.conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| io(&log_path, e))?)
+            .stderr(log);
+        crate::process::die_with_parent(&mut cmd);
+        node.child = Some(cmd.spawn().map_err(|e| io(&self.binary, e))?);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, i: usize) -> Result<(), NatsServerError> {
+        let node = &mut self.nodes[i];
+        let addr = format!("127.0.0.1:{}", node.port);
+        let start = Instant::now();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                use std::io::Read;
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 4];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let log = std::fs::read_to_string(node.dir.join("nats-server.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                return Err(NatsServerError::NotReady {
+                    addr,
+                    secs: 30,
+                    log: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// All client URLs, comma-separated, as `NATS_URL` takes them.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Kills node `i` at once (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again with its store, and waits until it serves.
+    pub fn restart(&mut self, i: usize) -> Result<(), NatsServerError> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_ready(i)
+    }
+
+    /// Stops every node.
+    pub fn stop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                crate::process::terminate(&mut c, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

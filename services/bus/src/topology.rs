@@ -78,8 +78,60 @@ pub struct Buckets {
     pub results: kv::Store,
 }
 
-/// Creates (or finds) every stream and KV bucket.
+/// Creates (or finds) every stream and KV bucket, waiting up to
+/// [`ENSURE_PATIENCE`] for JetStream to be ready.
+/// How long [`ensure`] keeps trying while JetStream is not ready (a server
+/// starting, a cluster electing its leader).
+pub const ENSURE_PATIENCE: Duration = Duration::from_secs(60);
+
 pub async fn ensure(js: &jetstream::Context) -> Result<Buckets, BusError> {
+    let deadline = tokio::time::Instant::now() + ENSURE_PATIENCE;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match ensure_once(js).await {
+            Ok(b) => return Ok(b),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "JetStream not ready; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(BusError::js(
+                    "setting up streams and buckets",
+                    format!(
+                        "{e} (for {} s; is JetStream enabled, and may this user create them? \
+                         With per-role users, run `tagpoll load` as the admin role first)",
+                        ENSURE_PATIENCE.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Streams and buckets kept in memory vanish when a server restarts; this
+/// recreates them (and only them) if they are missing.
+pub async fn ensure_memory_stores(js: &jetstream::Context) -> Result<(), BusError> {
+    js.get_or_create_stream(heartbeat_stream_config())
+        .await
+        .map_err(|e| BusError::js("re-creating the heartbeat stream", e))?;
+    results_bucket(js).await.map(|_| ())
+}
+
+async fn results_bucket(js: &jetstream::Context) -> Result<kv::Store, BusError> {
+    // Results are derived from the vote stream (the tally republishes them
+    // after every rebuild and every few seconds), so they need no fsync.
+    bucket(
+        js,
+        names::KV_RESULTS,
+        "Latest results per poll",
+        1,
+        stream::StorageType::Memory,
+    )
+    .await
+}
+
+async fn ensure_once(js: &jetstream::Context) -> Result<Buckets, BusError> {
     for cfg in stream_configs()
         .into_iter()
         .chain([heartbeat_stream_config()])
@@ -97,16 +149,7 @@ pub async fn ensure(js: &jetstream::Context) -> Result<Buckets, BusError> {
         stream::StorageType::File,
     )
     .await?;
-    // Results are derived from the vote stream (the tally republishes them
-    // after every rebuild), so they need no fsync: memory storage.
-    let results = bucket(
-        js,
-        names::KV_RESULTS,
-        "Latest results per poll",
-        1,
-        stream::StorageType::Memory,
-    )
-    .await?;
+    let results = results_bucket(js).await?;
     Ok(Buckets { config, results })
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use prost::Message;
 use serde::Serialize;
-use tagpoll_bus::nats_server::{NatsServer, ServerOptions};
+use tagpoll_bus::nats_server::{NatsCluster, NatsServer, ServerOptions};
 use tagpoll_bus::process::ServiceProcess;
 use tagpoll_proto::{names, v1};
 use tagpoll_tally::reference::{Model, ModelRules};
@@ -38,6 +38,49 @@ pub struct ChaosOptions {
     pub seed: u64,
     /// People per device crowd.
     pub crowd: usize,
+    /// 1: a single nats-server; 3: a 3-node cluster with 3 replicas.
+    pub cluster: usize,
+}
+
+/// The bus under test: one server or a cluster.
+enum Bus {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Bus {
+    fn url(&self) -> String {
+        match self {
+            Bus::Single(s) => s.url(),
+            Bus::Cluster(c) => c.url(),
+        }
+    }
+
+    /// The bus fault: SIGKILL the server (or one node), restart it later.
+    async fn crash(&mut self, down: Duration, k: usize) -> Result<String, ChaosError> {
+        match self {
+            Bus::Single(s) => {
+                s.kill();
+                tokio::time::sleep(down).await;
+                s.restart().map_err(err)?;
+                Ok(format!("SIGKILL nats-server, restarted after {} ms", down.as_millis()))
+            }
+            Bus::Cluster(c) => {
+                let node = k % c.size();
+                c.kill(node);
+                tokio::time::sleep(down).await;
+                c.restart(node).map_err(err)?;
+                Ok(format!("SIGKILL nats-server node {}, restarted after {} ms", node + 1, down.as_millis()))
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Bus::Single(s) => s.stop(),
+            Bus::Cluster(c) => c.stop(),
+        }
+    }
 }
 
 /// The verdict. Field names are a contract (`--json`).
@@ -166,18 +209,36 @@ pub async fn run(
         .prefix("tagpoll-chaos-")
         .tempdir()
         .map_err(err)?;
-    let mut server = NatsServer::start(ServerOptions {
-        dir: dir.path().join("nats"),
-        port: 0,
-        sync_always: true,
-    })
-    .map_err(err)?;
+    let mut server = if opts.cluster > 1 {
+        Bus::Cluster(NatsCluster::start(&dir.path().join("nats"), opts.cluster).map_err(err)?)
+    } else {
+        Bus::Single(
+            NatsServer::start(ServerOptions {
+                dir: dir.path().join("nats"),
+                port: 0,
+                sync_always: true,
+            })
+            .map_err(err)?,
+        )
+    };
     let url = server.url();
     let event = crate::event::parse(EVENT).map_err(err)?;
     {
-        let client = async_nats::connect(&url).await.map_err(err)?;
+        let client = async_nats::connect(url.split(',').collect::<Vec<_>>()).await.map_err(err)?;
         let js = jetstream::new(client);
-        let buckets = tagpoll_bus::topology::ensure(&js).await.map_err(err)?;
+        // A fresh cluster elects its JetStream leader first: retry a while.
+        let mut tries = 0;
+        let buckets = loop {
+            match tagpoll_bus::topology::ensure(&js).await {
+                Ok(b) => break b,
+                Err(e) if tries < 30 => {
+                    tries += 1;
+                    say(&format!("waiting for JetStream: {e}"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        };
         tagpoll_bus::store::load(&buckets.config, &event)
             .await
             .map_err(err)?;
@@ -193,6 +254,7 @@ pub async fn run(
 
     let env = vec![
         ("NATS_URL".to_string(), url.clone()),
+        ("TAGPOLL_REPLICAS".to_string(), opts.cluster.max(1).to_string()),
         (
             "TAGPOLL_VOTER_KEY".to_string(),
             "chaos-voter-key-0123456789abcdef".to_string(),
@@ -269,15 +331,7 @@ pub async fn run(
                 let d = (k as u32) % opts.devices;
                 restart(&device_id(d), &mut services.readers[d as usize], down).await?
             }
-            _ => {
-                server.kill();
-                tokio::time::sleep(down * 3).await;
-                server.restart().map_err(err)?;
-                format!(
-                    "SIGKILL nats-server, restarted after {} ms",
-                    (down * 3).as_millis()
-                )
-            }
+            _ => server.crash(down * 3, k).await?,
         };
         let fault = format!("{fault} at {:.1}s", at.as_secs_f64());
         say(&fault);
@@ -285,7 +339,7 @@ pub async fn run(
     }
 
     say("waiting for every tap to be decided");
-    let client = async_nats::connect(&url).await.map_err(err)?;
+    let client = async_nats::connect(url.split(',').collect::<Vec<_>>()).await.map_err(err)?;
     let js = jetstream::new(client);
     let deadline = Instant::now() + Duration::from_secs_f64(planned_secs * 3.0 + 180.0);
     let mut stable_since: Option<(u64, u64, Instant)> = None;
@@ -473,7 +527,7 @@ async fn verdict(
         counts_match,
         faults,
         duration_s: started.elapsed().as_secs_f64(),
-        cluster_nodes: 1,
+        cluster_nodes: opts.cluster.max(1) as u32,
     })
 }
 

@@ -151,6 +151,10 @@ pub fn start_services(
         ("tagpoll-tally", vec![]),
         ("tagpoll-web", vec!["--http".into(), opts.http.clone()]),
     ];
+    if std::env::var("TAGPOLL_XMPP_JID").is_ok_and(|j| !j.is_empty()) {
+        // The bridge reads every TAGPOLL_XMPP_* variable from the environment.
+        specs.push(("tagpoll-xmpp", vec![]));
+    }
     if opts.simulate {
         specs.push((
             "tagpoll-reader",

@@ -112,6 +112,9 @@ enum Cmd {
         rate: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Nodes: 1 for one nats-server, 3 for a 3-node JetStream cluster (3 replicas).
+        #[arg(long, default_value_t = 1)]
+        cluster: usize,
         /// Print one JSON object (taps, expected_votes, counted_votes, lost, doubled, faults, …).
         #[arg(long)]
         json: bool,
@@ -251,17 +254,25 @@ async fn main() -> anyhow::Result<()> {
             devices,
             rate,
             seed,
+            cluster,
             json,
         } => {
             if devices == 0 || taps < u64::from(devices) {
                 bail!("--taps must be at least --devices, and --devices at least 1");
             }
+            if !(cluster == 1 || cluster == 3 || cluster == 5) {
+                bail!("--cluster must be 1, 3 or 5 (JetStream needs an odd number of nodes)");
+            }
+            // Streams and buckets this process creates get one replica per node.
+            // SAFETY: set before any task that reads the environment runs.
+            unsafe { std::env::set_var("TAGPOLL_REPLICAS", cluster.to_string()) };
             let opts = tagpoll::chaos::ChaosOptions {
                 taps,
                 devices,
                 rate,
                 seed,
                 crowd: 300,
+                cluster,
             };
             let report = tagpoll::chaos::run(&opts, |line| eprintln!("chaos: {line}")).await?;
             if json {

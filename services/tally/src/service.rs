@@ -131,6 +131,7 @@ pub async fn run(
     ));
     let publisher = tokio::spawn(publish_snapshots(
         client,
+        js.clone(),
         results_kv,
         config.clone(),
         shared.clone(),
@@ -365,6 +366,7 @@ async fn mark_config_changes(
 
 async fn publish_snapshots(
     client: async_nats::Client,
+    js: jetstream::Context,
     results_kv: kv::Store,
     config: watch::Receiver<Arc<EventConfig>>,
     shared: Arc<Shared>,
@@ -402,6 +404,9 @@ async fn publish_snapshots(
             {
                 tracing::warn!(error = %e, poll = %poll_id, "could not store results; will retry");
                 shared.mark_dirty(&poll_id);
+                // The memory bucket is gone if the server restarted: put it back.
+                let _ = tagpoll_bus::topology::ensure_memory_stores(&js).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let _ = client.publish(subjects::results(&poll_id), bytes).await;
         }

@@ -75,7 +75,9 @@ impl NodeTemplate {
                 other => {
                     return Err(err(
                         var,
-                        format!("unknown placeholder {{{other}}} in {t:?}; use {{event}} and {{poll}}"),
+                        format!(
+                            "unknown placeholder {{{other}}} in {t:?}; use {{event}} and {{poll}}"
+                        ),
                     ));
                 }
             }
@@ -210,7 +212,12 @@ impl std::fmt::Debug for Config {
 
 /// Parses a boolean switch: 1/true/yes/on, 0/false/no/off or empty.
 pub fn parse_bool(var: &'static str, v: Option<String>) -> Result<bool, ConfigError> {
-    match v.as_deref().map(str::trim).map(str::to_ascii_lowercase).as_deref() {
+    match v
+        .as_deref()
+        .map(str::trim)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("") | Some("0") | Some("false") | Some("no") | Some("off") => Ok(false),
         Some("1") | Some("true") | Some("yes") | Some("on") => Ok(true),
         Some(other) => Err(err(var, format!("{other:?} is not a switch; use 1 or 0"))),
@@ -250,8 +257,12 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
 
-        let jid_s = var("TAGPOLL_XMPP_JID")
-            .ok_or_else(|| err("TAGPOLL_XMPP_JID", "not set: the bridge's account, e.g. tagpoll@example.org"))?;
+        let jid_s = var("TAGPOLL_XMPP_JID").ok_or_else(|| {
+            err(
+                "TAGPOLL_XMPP_JID",
+                "not set: the bridge's account, e.g. tagpoll@example.org",
+            )
+        })?;
         let jid: Jid = jid_s
             .trim()
             .parse()
@@ -259,11 +270,16 @@ impl Config {
         if jid.node().is_none() {
             return Err(err(
                 "TAGPOLL_XMPP_JID",
-                format!("{jid_s:?} has no user part: the bridge logs in as a client account (user@domain)"),
+                format!(
+                    "{jid_s:?} has no user part: the bridge logs in as a client account (user@domain)"
+                ),
             ));
         }
 
-        let password = match (var("TAGPOLL_XMPP_PASSWORD"), var("TAGPOLL_XMPP_PASSWORD_FILE")) {
+        let password = match (
+            var("TAGPOLL_XMPP_PASSWORD"),
+            var("TAGPOLL_XMPP_PASSWORD_FILE"),
+        ) {
             (Some(_), Some(_)) => {
                 return Err(err(
                     "TAGPOLL_XMPP_PASSWORD_FILE",
@@ -273,11 +289,17 @@ impl Config {
             (Some(p), None) => p,
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path.trim()).map_err(|e| {
-                    err("TAGPOLL_XMPP_PASSWORD_FILE", format!("cannot read {path:?}: {e}"))
+                    err(
+                        "TAGPOLL_XMPP_PASSWORD_FILE",
+                        format!("cannot read {path:?}: {e}"),
+                    )
                 })?;
                 let p = text.trim_end_matches(['\r', '\n']).to_string();
                 if p.is_empty() {
-                    return Err(err("TAGPOLL_XMPP_PASSWORD_FILE", format!("{path:?} is empty")));
+                    return Err(err(
+                        "TAGPOLL_XMPP_PASSWORD_FILE",
+                        format!("{path:?} is empty"),
+                    ));
                 }
                 p
             }
@@ -297,7 +319,10 @@ impl Config {
             }
         };
 
-        let plaintext = parse_bool("TAGPOLL_XMPP_ALLOW_PLAINTEXT", var("TAGPOLL_XMPP_ALLOW_PLAINTEXT"))?;
+        let plaintext = parse_bool(
+            "TAGPOLL_XMPP_ALLOW_PLAINTEXT",
+            var("TAGPOLL_XMPP_ALLOW_PLAINTEXT"),
+        )?;
         let remote = parse_bool(
             "TAGPOLL_XMPP_ALLOW_PLAINTEXT_REMOTE",
             var("TAGPOLL_XMPP_ALLOW_PLAINTEXT_REMOTE"),
@@ -324,9 +349,10 @@ impl Config {
 
         let pubsub = match var("TAGPOLL_XMPP_PUBSUB") {
             Some(s) => {
-                let j: BareJid = s.trim().parse().map_err(|e| {
-                    err("TAGPOLL_XMPP_PUBSUB", format!("{s:?} is not a JID: {e}"))
-                })?;
+                let j: BareJid = s
+                    .trim()
+                    .parse()
+                    .map_err(|e| err("TAGPOLL_XMPP_PUBSUB", format!("{s:?} is not a JID: {e}")))?;
                 j
             }
             None => format!("pubsub.{}", jid.domain()).parse().map_err(|e| {
@@ -344,12 +370,17 @@ impl Config {
 
         let interval_ms = match var("TAGPOLL_XMPP_INTERVAL_MS") {
             None => DEFAULT_INTERVAL_MS,
-            Some(s) => s.trim().parse::<u64>().ok().filter(|n| *n <= 3_600_000).ok_or_else(|| {
-                err(
-                    "TAGPOLL_XMPP_INTERVAL_MS",
-                    format!("{s:?} is not a number of milliseconds (0 to 3600000)"),
-                )
-            })?,
+            Some(s) => s
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= 3_600_000)
+                .ok_or_else(|| {
+                    err(
+                        "TAGPOLL_XMPP_INTERVAL_MS",
+                        format!("{s:?} is not a number of milliseconds (0 to 3600000)"),
+                    )
+                })?,
         };
 
         let ikpoll_on = parse_bool("TAGPOLL_XMPP_IKPOLL", var("TAGPOLL_XMPP_IKPOLL"))?;
@@ -450,7 +481,12 @@ pub async fn resolve_plaintext(
 ) -> Result<SocketAddr, ConfigError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| err("TAGPOLL_XMPP_SERVER", format!("cannot resolve {host:?}: {e}")))?
+        .map_err(|e| {
+            err(
+                "TAGPOLL_XMPP_SERVER",
+                format!("cannot resolve {host:?}: {e}"),
+            )
+        })?
         .collect();
     check_plaintext_addrs(host, &addrs, allow_remote)?;
     Ok(addrs[0])
@@ -490,16 +526,22 @@ mod tests {
         assert_eq!(c.interval, Duration::from_millis(1000));
         assert_eq!(c.ikpoll, None);
         assert!(c.listen.is_empty());
-        assert!(!format!("{c:?}").contains("pw\""), "password must not be logged");
+        assert!(
+            !format!("{c:?}").contains("pw\""),
+            "password must not be logged"
+        );
     }
 
     #[test]
     fn errors_name_the_variable() {
         assert_eq!(cfg(&[]).unwrap_err().var, "TAGPOLL_XMPP_JID");
         assert_eq!(
-            cfg(&[("TAGPOLL_XMPP_JID", "example.org"), ("TAGPOLL_XMPP_PASSWORD", "x")])
-                .unwrap_err()
-                .var,
+            cfg(&[
+                ("TAGPOLL_XMPP_JID", "example.org"),
+                ("TAGPOLL_XMPP_PASSWORD", "x")
+            ])
+            .unwrap_err()
+            .var,
             "TAGPOLL_XMPP_JID"
         );
         assert_eq!(
@@ -527,7 +569,9 @@ mod tests {
         }
         // Plaintext needs an explicit server.
         assert_eq!(
-            with(&[("TAGPOLL_XMPP_ALLOW_PLAINTEXT", "1")]).unwrap_err().var,
+            with(&[("TAGPOLL_XMPP_ALLOW_PLAINTEXT", "1")])
+                .unwrap_err()
+                .var,
             "TAGPOLL_XMPP_SERVER"
         );
         // Votes and results on the same node.

@@ -315,6 +315,24 @@ mod tests {
     }
 
     #[test]
+    fn node_names_become_one_subject_token() {
+        use tagpoll_proto::subjects::{XMPP_IN_ALL, xmpp_in};
+        assert_eq!(xmpp_in("vote/42"), "tagpoll.xmpp.in.vote/42");
+        assert_eq!(xmpp_in("feeds.v1"), "tagpoll.xmpp.in.feeds%2Ev1");
+        assert_eq!(xmpp_in("a b*>%"), "tagpoll.xmpp.in.a%20b%2A%3E%25");
+        assert_eq!(xmpp_in("caf\u{e9}"), "tagpoll.xmpp.in.caf%C3%A9");
+        for node in ["vote/42", "a.b.c", "x y", "*", ">"] {
+            let s = xmpp_in(node);
+            let token = s.strip_prefix("tagpoll.xmpp.in.").unwrap();
+            assert!(
+                !token.is_empty() && !token.contains(['.', '*', '>', ' ']),
+                "{s}"
+            );
+            assert!(XMPP_IN_ALL.ends_with(".*"));
+        }
+    }
+
+    #[test]
     fn parses_items_results() {
         let e: Element = "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='n'>\
              <item id='p1'><results xmlns='urn:tagpoll:results:1'/></item></items></pubsub>"

@@ -96,6 +96,19 @@ pub fn supersedes(new: &v1::PollResults, old: &v1::PollResults) -> bool {
     key(new) >= key(old)
 }
 
+/// Whether two results of a poll show the same thing: everything but the
+/// snapshot time and the vote stream position (the tally refreshes idle
+/// polls now and then, and votes in other polls move `votes_seq`).
+pub fn same_content(a: &v1::PollResults, b: &v1::PollResults) -> bool {
+    a.poll_id == b.poll_id
+        && a.question == b.question
+        && a.state == b.state
+        && a.answers == b.answers
+        && a.total == b.total
+        && a.run == b.run
+        && a.results_hidden == b.results_hidden
+}
+
 /// Lower-case state name used in payloads: draft, open, closed.
 pub fn state_name(s: PollState) -> &'static str {
     match s {
@@ -158,11 +171,7 @@ pub struct PayloadError(pub String);
 /// Parses a `<results xmlns='urn:tagpoll:results:1'/>` element.
 pub fn parse_results(e: &Element) -> Result<ResultsPayload, PayloadError> {
     if !e.is("results", NS_RESULTS) {
-        return Err(PayloadError(format!(
-            "root is {{{}}}{}",
-            e.ns(),
-            e.name()
-        )));
+        return Err(PayloadError(format!("root is {{{}}}{}", e.ns(), e.name())));
     }
     let need = |name: &str| {
         e.attr(name)
@@ -330,6 +339,21 @@ pub(crate) mod tests {
         // A new run wins even with fewer votes.
         let c = stored(3, 0, 0, 5);
         assert!(supersedes(&c, &b));
+    }
+
+    #[test]
+    fn refreshes_are_not_changes() {
+        let a = stored(2, 1, 0, 5);
+        let mut b = a.clone();
+        b.votes_seq = 9;
+        b.updated_at = Some(prost_types::Timestamp {
+            seconds: 1_700_000_005,
+            nanos: 0,
+        });
+        assert!(same_content(&a, &b));
+        b.state = PollState::Closed as i32;
+        assert!(!same_content(&a, &b));
+        assert!(!same_content(&a, &stored(2, 2, 0, 5)));
     }
 
     #[test]

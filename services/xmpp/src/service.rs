@@ -189,14 +189,16 @@ impl Bridge {
             tracing::warn!(poll = %r.poll_id, "skipping results with a bad poll id");
             return;
         }
-        let newer = self
-            .results
-            .get(&r.poll_id)
-            .is_none_or(|old| results::supersedes(&r, old));
-        if newer {
-            self.coalescer.mark(&r.poll_id);
-            self.results.insert(r.poll_id.clone(), r);
+        tracing::debug!(poll = %r.poll_id, total = r.total, votes_seq = r.votes_seq, "results");
+        let mut r = r;
+        match self.results.get(&r.poll_id) {
+            Some(old) if !results::supersedes(&r, old) => return,
+            // A refresh (or a vote elsewhere): keep the time of the last
+            // change, so the payload stays the same and is not republished.
+            Some(old) if results::same_content(&r, old) => r.updated_at = old.updated_at,
+            _ => self.coalescer.mark(&r.poll_id),
         }
+        self.results.insert(r.poll_id.clone(), r);
     }
 
     fn poll_ids(&self) -> HashSet<String> {
@@ -351,10 +353,9 @@ impl Bridge {
             return;
         };
         let results = &self.results;
-        let ready = self.holds.take_ready(
-            |poll| results.get(poll).map_or(0, |r| r.votes_seq),
-            now,
-        );
+        let ready = self
+            .holds
+            .take_ready(|poll| results.get(poll).map_or(0, |r| r.votes_seq), now);
         for (held, included) in ready {
             let o = held.outcome;
             let Some(s) = self.snapshot(&o.poll_id) else {
@@ -376,23 +377,36 @@ impl Bridge {
 }
 
 /// Reads every poll's latest results from KV now and whenever `reload` fires.
+/// A failing read (e.g. the bucket is gone after a server restart, until
+/// the tally recreates it) is retried with backoff; results keep arriving
+/// on the subject meanwhile.
 async fn load_results_loop(
     kv: kv::Store,
     reload: Arc<tokio::sync::Notify>,
     out: mpsc::Sender<Input>,
 ) {
+    let mut backoff = Duration::from_secs(1);
     loop {
         match load_results(&kv).await {
             Ok(all) => {
                 tracing::debug!(polls = all.len(), "read latest results from KV");
+                backoff = Duration::from_secs(1);
                 if out.send(Input::Stored(all)).await.is_err() {
                     return;
                 }
                 reload.notified().await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read results from KV; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if backoff == Duration::from_secs(1) {
+                    tracing::warn!(error = %e, "cannot read results from KV; retrying");
+                } else {
+                    tracing::debug!(error = %e, "cannot read results from KV; retrying");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = reload.notified() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

@@ -11,7 +11,11 @@ pub fn element(name: &str, ns: &str) -> Element {
 /// Sets attribute `name` (a fixed, valid XML name) to `value`.
 pub fn set_attr(e: &mut Element, name: &str, value: impl Into<String>) {
     let name = NcName::try_from(name).expect("attribute names are valid XML names");
-    e.set_attr(tokio_xmpp::minidom::rxml::Namespace::NONE, name, value.into());
+    e.set_attr(
+        tokio_xmpp::minidom::rxml::Namespace::NONE,
+        name,
+        value.into(),
+    );
 }
 
 /// `<name>text</name>` in `ns`.

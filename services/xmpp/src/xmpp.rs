@@ -34,7 +34,7 @@ pub enum Connect {
     /// Plain TCP to this address (loopback, checked by [`config::resolve_plaintext`]).
     Plaintext(SocketAddr),
     /// STARTTLS, server found through `DnsConfig` (SRV or host:port).
-    StartTls(DnsConfig),
+    StartTls(Box<DnsConfig>),
 }
 
 impl Connect {
@@ -49,11 +49,11 @@ impl Connect {
                 var: "TAGPOLL_XMPP_SERVER",
                 message: "must be set for plaintext".into(),
             }),
-            (Transport::StartTls, Server::Srv) => Ok(Connect::StartTls(
+            (Transport::StartTls, Server::Srv) => Ok(Connect::StartTls(Box::new(
                 DnsConfig::srv_default_client(c.jid.domain().as_str()),
-            )),
+            ))),
             (Transport::StartTls, Server::HostPort { host, port }) => {
-                Ok(Connect::StartTls(DnsConfig::no_srv(host, *port)))
+                Ok(Connect::StartTls(Box::new(DnsConfig::no_srv(host, *port))))
             }
         }
     }
@@ -157,7 +157,7 @@ pub fn spawn(
             timeouts,
         ),
         Connect::StartTls(dns) => {
-            Client::new_starttls(opts.jid.clone(), opts.password, dns, timeouts)
+            Client::new_starttls(opts.jid.clone(), opts.password, *dns, timeouts)
         }
     };
     let (tx, cmds) = mpsc::channel(64);
