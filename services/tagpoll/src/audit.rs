@@ -74,7 +74,8 @@ pub fn recount(log: &PollLog, poll: &v1::PollDefinition) -> HashMap<String, u64>
         .collect()
 }
 
-/// How voters appear in an export.
+/// How voters appear in an export. Forgotten people (`tagpoll forget`)
+/// always appear as `forgotten`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VoterIds {
     /// `voter-1`, `voter-2`, … in order of first vote: unlinkable across exports.
@@ -137,6 +138,7 @@ pub fn export(
     log: &PollLog,
     json: bool,
     voters: VoterIds,
+    forgotten: &std::collections::HashSet<String>,
 ) -> std::io::Result<()> {
     let counts = recount(log, poll);
     let answers: Vec<ExportAnswer> = poll
@@ -155,6 +157,7 @@ pub fn export(
         .map(|(seq, o)| {
             let voter = match (voters, o.voter_id.as_str()) {
                 (_, "") => String::new(),
+                (_, id) if forgotten.contains(id) => "forgotten".to_string(),
                 (VoterIds::AsStored, id) => id.to_string(),
                 (VoterIds::Pseudonymous, id) => {
                     let n = pseudonyms.len() + 1;
@@ -287,7 +290,15 @@ mod tests {
             log.outcomes.push((i as u64 + 1, o));
         }
         let mut csv = Vec::new();
-        export(&mut csv, &poll, &log, false, VoterIds::Pseudonymous).unwrap();
+        export(
+            &mut csv,
+            &poll,
+            &log,
+            false,
+            VoterIds::Pseudonymous,
+            &Default::default(),
+        )
+        .unwrap();
         let csv = String::from_utf8(csv).unwrap();
         assert!(
             csv.starts_with("id,label,votes\na,A,1\nb,\"B, really\",1\n\nseq,"),
@@ -299,10 +310,12 @@ mod tests {
         );
         assert!(!csv.contains("alice"), "{csv}");
         let mut json = Vec::new();
-        export(&mut json, &poll, &log, true, VoterIds::AsStored).unwrap();
+        let forgotten = ["file:bob".to_string()].into();
+        export(&mut json, &poll, &log, true, VoterIds::AsStored, &forgotten).unwrap();
         let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(doc["total"], 2);
         assert_eq!(doc["votes"][2]["voter"], "file:alice");
         assert_eq!(doc["votes"][2]["outcome"], "DUPLICATE");
+        assert_eq!(doc["votes"][1]["voter"], "forgotten");
     }
 }

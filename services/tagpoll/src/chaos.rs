@@ -63,14 +63,21 @@ impl Bus {
                 s.kill();
                 tokio::time::sleep(down).await;
                 s.restart().map_err(err)?;
-                Ok(format!("SIGKILL nats-server, restarted after {} ms", down.as_millis()))
+                Ok(format!(
+                    "SIGKILL nats-server, restarted after {} ms",
+                    down.as_millis()
+                ))
             }
             Bus::Cluster(c) => {
                 let node = k % c.size();
                 c.kill(node);
                 tokio::time::sleep(down).await;
                 c.restart(node).map_err(err)?;
-                Ok(format!("SIGKILL nats-server node {}, restarted after {} ms", node + 1, down.as_millis()))
+                Ok(format!(
+                    "SIGKILL nats-server node {}, restarted after {} ms",
+                    node + 1,
+                    down.as_millis()
+                ))
             }
         }
     }
@@ -224,7 +231,9 @@ pub async fn run(
     let url = server.url();
     let event = crate::event::parse(EVENT).map_err(err)?;
     {
-        let client = async_nats::connect(url.split(',').collect::<Vec<_>>()).await.map_err(err)?;
+        let client = async_nats::connect(url.split(',').collect::<Vec<_>>())
+            .await
+            .map_err(err)?;
         let js = jetstream::new(client);
         // A fresh cluster elects its JetStream leader first: retry a while.
         let mut tries = 0;
@@ -254,7 +263,10 @@ pub async fn run(
 
     let env = vec![
         ("NATS_URL".to_string(), url.clone()),
-        ("TAGPOLL_REPLICAS".to_string(), opts.cluster.max(1).to_string()),
+        (
+            "TAGPOLL_REPLICAS".to_string(),
+            opts.cluster.max(1).to_string(),
+        ),
         (
             "TAGPOLL_VOTER_KEY".to_string(),
             "chaos-voter-key-0123456789abcdef".to_string(),
@@ -339,7 +351,9 @@ pub async fn run(
     }
 
     say("waiting for every tap to be decided");
-    let client = async_nats::connect(url.split(',').collect::<Vec<_>>()).await.map_err(err)?;
+    let client = async_nats::connect(url.split(',').collect::<Vec<_>>())
+        .await
+        .map_err(err)?;
     let js = jetstream::new(client);
     let deadline = Instant::now() + Duration::from_secs_f64(planned_secs * 3.0 + 180.0);
     let mut stable_since: Option<(u64, u64, Instant)> = None;

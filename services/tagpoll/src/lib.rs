@@ -8,6 +8,7 @@
 //! - [`event`]: the event file format and its validation (pure).
 //! - [`show`]: human-readable lines and tables for outcomes and results.
 //! - [`status`]: `tagpoll status`, gathered from heartbeats and live answers.
+//! - [`forget`]: `tagpoll forget PERSON`.
 //! - [`nats_server`]: finding and supervising a private `nats-server`.
 //! - [`dev`]: `tagpoll dev`, the whole system as child processes.
 pub mod audit;
@@ -15,6 +16,7 @@ pub mod bench;
 pub mod chaos;
 pub mod dev;
 pub mod event;
+pub mod forget;
 /// Running a private nats-server lives in the bus crate (identity's benchmark uses it too).
 pub use tagpoll_bus::nats_server;
 pub mod show;

@@ -119,6 +119,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Forget a person: their tags, cached identity, and their id in exports.
+    Forget {
+        /// file:ID, anymeta:ID, or a bare ID (both).
+        person: String,
+    },
     /// Show services, devices, readers and streams at a glance.
     Status {
         /// One JSON object (a contract: "services" and "devices" lists).
@@ -288,6 +293,19 @@ async fn main() -> anyhow::Result<()> {
                     report.counts_match
                 );
             }
+        }
+        Cmd::Forget { person } => {
+            let who = tagpoll::forget::Person::parse(&person).map_err(|e| anyhow::anyhow!(e))?;
+            let bus = bus().await?;
+            let done = tagpoll::forget::forget(&bus.js, &bus.buckets.config, &who)
+                .await
+                .map_err(|e| anyhow::anyhow!("forgetting {person}: {e}"))?;
+            println!(
+                "forgot {}: {} tag(s) unlinked, {} cached identit(y/ies) removed; exports show them as \"forgotten\"",
+                who.voter_ids.join(" and "),
+                done.tags,
+                done.cache_entries
+            );
         }
         Cmd::Status { json, watch } => status(json, watch).await?,
         Cmd::Replay { poll } => replay(poll).await?,
@@ -590,13 +608,16 @@ async fn export(
         tagpoll::audit::VoterIds::Pseudonymous
     };
     let json = format == "json";
+    let forgotten = tagpoll::forget::forgotten_voters(&bus.buckets.config)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading forgotten people: {e}"))?;
     match output {
         Some(path) => {
             let mut f = std::io::BufWriter::new(
                 std::fs::File::create(&path)
                     .with_context(|| format!("--output {}", path.display()))?,
             );
-            tagpoll::audit::export(&mut f, &poll, &log, json, voters)?;
+            tagpoll::audit::export(&mut f, &poll, &log, json, voters, &forgotten)?;
             use std::io::Write;
             f.flush()?;
             eprintln!(
@@ -605,7 +626,14 @@ async fn export(
                 path.display()
             );
         }
-        None => tagpoll::audit::export(&mut std::io::stdout().lock(), &poll, &log, json, voters)?,
+        None => tagpoll::audit::export(
+            &mut std::io::stdout().lock(),
+            &poll,
+            &log,
+            json,
+            voters,
+            &forgotten,
+        )?,
     }
     Ok(())
 }
