@@ -36,6 +36,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub const FEEDBACK_HOLD: Duration = Duration::from_secs(1);
 /// A write that takes longer is abandoned (the reader is not draining input).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Prefix of a [`ReaderPort::path`] that names a USB adapter by serial number.
+pub const USB_SERIAL_PREFIX: &str = "usb:";
 /// Where udev publishes stable names for USB serial adapters.
 pub const SERIAL_BY_ID: &str = "/dev/serial/by-id";
 
@@ -44,7 +46,9 @@ pub const SERIAL_BY_ID: &str = "/dev/serial/by-id";
 pub struct ReaderPort {
     /// The reader (antenna) id from the device config.
     pub reader_id: String,
-    /// Device path, e.g. `/dev/serial/by-id/usb-FTDI_…-if00-port0`.
+    /// Device path, e.g. `/dev/serial/by-id/usb-FTDI_…-if00-port0`, or
+    /// `usb:SERIAL`: the USB adapter with that serial number, looked up with
+    /// [`resolve_usb_serial`] at every (re-)open.
     pub path: String,
     pub protocol: Protocol,
     pub baud: u32,
@@ -214,13 +218,25 @@ impl Worker {
     }
 
     fn open(&self) -> Result<SerialStream, String> {
-        tokio_serial::new(&self.port.path, self.port.baud)
+        let path = match self.port.path.strip_prefix(USB_SERIAL_PREFIX) {
+            // Looked up at every attempt: the adapter may be plugged in later.
+            Some(serial) => resolve_usb_serial(serial)
+                .ok_or_else(|| {
+                    format!(
+                        "no USB serial adapter with serial number {serial:?} under {SERIAL_BY_ID}"
+                    )
+                })?
+                .display()
+                .to_string(),
+            None => self.port.path.clone(),
+        };
+        tokio_serial::new(&path, self.port.baud)
             .data_bits(DataBits::Eight)
             .parity(Parity::None)
             .stop_bits(StopBits::One)
             .flow_control(FlowControl::None)
             .open_native_async()
-            .map_err(|e| format!("open {}: {e}", self.port.path))
+            .map_err(|e| format!("open {path}: {e}"))
     }
 
     /// Sends an event; `false` when the receiver is gone.

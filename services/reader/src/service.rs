@@ -49,7 +49,10 @@ pub enum ReaderError {
 pub struct DeviceState {
     pub readers: BTreeMap<String, v1::ReaderHealth>,
     pub spool_depth: u64,
+    /// The spool is over its warning threshold (80% of its size limit).
     pub spool_warning: bool,
+    /// A publish is awaiting its JetStream ack.
+    pub publishing: bool,
     pub frame_errors: u64,
     pub last_tap_at: Option<SystemTime>,
     /// The last publish attempt failed (logged once per outage).
@@ -61,6 +64,32 @@ type Shared = Arc<Mutex<DeviceState>>;
 
 fn lock(s: &Shared) -> std::sync::MutexGuard<'_, DeviceState> {
     s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DeviceState {
+    /// Records the spool's depth and alarm state, logging alarm changes.
+    fn note_spool(&mut self, depth: u64, warning: bool) {
+        self.spool_depth = depth;
+        if warning && !self.spool_warning {
+            tracing::warn!(depth, "spool alarm: over 80% full; is NATS reachable?");
+        } else if !warning && self.spool_warning {
+            tracing::info!(depth, "spool alarm over: back under 80% full");
+        }
+        self.spool_warning = warning;
+    }
+
+    /// `last_error` for the heartbeat, led by the spool alarm while it is on.
+    pub fn health_error(&self) -> String {
+        if !self.spool_warning {
+            return self.last_error.clone();
+        }
+        let alarm = format!("spool over 80% full ({} taps waiting)", self.spool_depth);
+        if self.last_error.is_empty() {
+            alarm
+        } else {
+            format!("{alarm}; {}", self.last_error)
+        }
+    }
 }
 
 /// Runs the device until a shutdown signal or a fatal error.
@@ -83,9 +112,10 @@ pub async fn run(
     if !pending.is_empty() {
         tracing::info!(count = pending.len(), "re-sending taps left in the spool");
     }
+    let warning = spool.is_warning();
     let spool = Arc::new(Mutex::new(spool));
     let state: Shared = Arc::new(Mutex::new(DeviceState::default()));
-    lock(&state).spool_depth = pending.len() as u64;
+    lock(&state).note_spool(pending.len() as u64, warning);
     let js = async_nats::jetstream::new(client.clone());
     // Not awaited: a reader box must take taps into its spool even when it
     // starts while the network or NATS is down.
@@ -123,9 +153,8 @@ pub async fn run(
         feedback_senders.insert(spec.id.clone(), fb_tx);
         let path = match &spec.path {
             ReaderPath::Path(p) => p.display().to_string(),
-            ReaderPath::UsbSerial(s) => serial::resolve_usb_serial(s)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| format!("/dev/serial/by-id/*{s}*")),
+            // Resolved by the serial task at every (re-)open.
+            ReaderPath::UsbSerial(s) => format!("{}{s}", serial::USB_SERIAL_PREFIX),
         };
         lock(&state).readers.insert(
             spec.id.clone(),
@@ -302,15 +331,7 @@ async fn append_loop(
             let Ok((result, read, depth, warning)) = appended else {
                 return;
             };
-            {
-                let mut st = lock(&state);
-                st.spool_depth = depth;
-                if warning && !st.spool_warning {
-                    tracing::warn!(depth, "spool is over 80% full: is NATS reachable?");
-                    st.last_error = format!("spool over 80% full ({depth} taps waiting)");
-                }
-                st.spool_warning = warning;
-            }
+            lock(&state).note_spool(depth, warning);
             match result {
                 Ok(record) => {
                     overflow.pop_front();
@@ -368,6 +389,7 @@ async fn publish_loop(
         let span =
             tracing::info_span!("publish", read_id = %read.read_id, reader = %read.reader_id);
         let subject = subjects::read(&read.device_id, &read.reader_id);
+        lock(&state).publishing = true;
         let published = tokio::time::timeout(
             Duration::from_secs(10),
             tagpoll_bus::publish::publish_for_read(
@@ -379,6 +401,7 @@ async fn publish_loop(
         )
         .instrument(span.clone())
         .await;
+        lock(&state).publishing = false;
         match published {
             Ok(Ok((stream_seq, duplicate))) => {
                 let _e = span.enter();
@@ -387,7 +410,7 @@ async fn publish_loop(
                 let s = spool.clone();
                 let acked = tokio::task::spawn_blocking(move || {
                     let mut s = lock_spool(&s);
-                    s.ack(seq).map(|_| s.depth())
+                    s.ack(seq).map(|_| (s.depth(), s.is_warning()))
                 })
                 .await;
                 let mut st = lock(&state);
@@ -396,7 +419,7 @@ async fn publish_loop(
                 }
                 st.publish_failing = false;
                 match acked {
-                    Ok(Ok(depth)) => st.spool_depth = depth,
+                    Ok(Ok((depth, warning))) => st.note_spool(depth, warning),
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "could not record the ack in the spool; the tap may be re-sent (harmless)");
                         st.last_error = e.to_string();
@@ -612,11 +635,11 @@ async fn heartbeat_loop(client: async_nats::Client, device_id: String, state: Sh
                 spool_depth: st.spool_depth,
                 frame_errors: st.frame_errors,
                 last_tap_at: st.last_tap_at.map(tagpoll_proto::timestamp),
-                last_error: st.last_error.clone(),
+                last_error: st.health_error(),
                 handled: st.readers.values().map(|r| r.taps).sum(),
                 // Taps waiting in the spool are this device's backlog.
                 lag: st.spool_depth,
-                in_flight: 0,
+                in_flight: u64::from(st.publishing),
             }
         };
         // Bounded: while disconnected the client's queue can fill up.

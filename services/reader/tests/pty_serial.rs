@@ -204,7 +204,11 @@ async fn pty_parallax_lone_or_garbled_frames_are_not_taps() {
     write(&mut pty.master, &held).await;
     reader.tap(&EM_A).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    write(&mut pty.master, &[parallax::frame(EM_B), parallax::frame(EM_B)].concat()).await;
+    write(
+        &mut pty.master,
+        &[parallax::frame(EM_B), parallax::frame(EM_B)].concat(),
+    )
+    .await;
     // The next event is B's tap: nothing came from the lone or garbled frames.
     reader.tap(&EM_B).await;
 
@@ -423,5 +427,19 @@ async fn pty_missing_device_reports_once_then_connects() {
 #[tokio::test]
 async fn pty_reader_stops_when_events_are_dropped_while_disconnected() {
     let reader = Reader::start("/nonexistent/tagpoll-test-port", Protocol::Id12, LONG_QUIET);
+    reader.stop().await;
+}
+
+#[tokio::test]
+async fn pty_usb_serial_that_is_not_plugged_in_is_looked_up_again() {
+    // No adapter has this serial number: reported (once) as disconnected,
+    // naming the serial, and the task keeps trying instead of failing.
+    let mut reader = Reader::start("usb:TAGPOLLTEST0000", Protocol::Id12, LONG_QUIET);
+    match reader.next().await {
+        SerialEvent::Disconnected { error, .. } => {
+            assert!(error.contains("TAGPOLLTEST0000"), "{error}")
+        }
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
     reader.stop().await;
 }

@@ -28,8 +28,17 @@ pub struct Pty {
     pub path: String,
 }
 
+/// A new pty pair whose descriptors are close-on-exec: a service spawned
+/// by this test process must not inherit the master, or closing it here
+/// would not hang up the service's end (an "unplug" would go unnoticed).
 pub fn pty() -> Pty {
+    use std::os::fd::AsRawFd;
     let (master, slave) = SerialStream::pair().expect("create pty pair");
+    for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+        // SAFETY: fcntl on a descriptor we own; no memory is passed.
+        let r = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        assert_eq!(r, 0, "FD_CLOEXEC on pty fd {fd}");
+    }
     let path = slave.name().expect("slave pty has a name");
     Pty {
         master,
@@ -38,15 +47,16 @@ pub fn pty() -> Pty {
     }
 }
 
-impl Pty {
-    /// Clears the exclusive-open flag the killed service left on the tty
-    /// (it stays while our slave handle keeps the tty open; root ignores it,
-    /// other users would get EBUSY on the restart).
-    pub fn release_exclusive(&mut self) {
-        self.slave
-            .set_exclusive(false)
-            .expect("clear TIOCEXCL on the slave");
-    }
+/// Clears the exclusive-open flag (TIOCEXCL) a killed service left on the
+/// tty: it stays while our slave handle keeps the tty open, and only root
+/// may open such a tty again.
+/// (Not `set_exclusive(false)`: that also takes a shared flock, which would
+/// then keep the service from taking its exclusive one.)
+pub fn release_exclusive(slave: &mut SerialStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TIOCNXCL takes no argument; the descriptor is ours.
+    let r = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCNXCL) };
+    assert_eq!(r, 0, "TIOCNXCL on the slave pty");
 }
 
 /// Writes all of `bytes` on the master, bounded.
@@ -246,7 +256,9 @@ impl Sm130 {
             if start.elapsed() > WAIT {
                 let rec = self.received.lock().unwrap();
                 let tail: Vec<u8> = rec.iter().rev().take(40).rev().map(|(_, b)| *b).collect();
-                panic!("the service never wrote {wanted:02X?} to the SM130; last bytes {tail:02X?}");
+                panic!(
+                    "the service never wrote {wanted:02X?} to the SM130; last bytes {tail:02X?}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
