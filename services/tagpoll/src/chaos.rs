@@ -410,10 +410,10 @@ async fn restart(what: &str, p: &mut ServiceProcess, down: Duration) -> Result<S
 async fn messages(js: &jetstream::Context, stream: &str) -> Result<u64, ChaosError> {
     // The server may still be coming back: retry a little.
     for _ in 0..40 {
-        if let Ok(mut s) = js.get_stream(stream).await {
-            if let Ok(info) = s.info().await {
-                return Ok(info.state.messages);
-            }
+        if let Ok(mut s) = js.get_stream(stream).await
+            && let Ok(info) = s.info().await
+        {
+            return Ok(info.state.messages);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -78,7 +78,11 @@ pub fn cache_entry_names(value: &[u8], rsc_id: &str) -> bool {
     serde_json::from_slice::<serde_json::Value>(value)
         .ok()
         .and_then(|v| v.get("person").and_then(|p| p.get("rsc_id")).cloned())
-        .is_some_and(|id| id.as_str() == Some(rsc_id) || id.to_string() == rsc_id)
+        .is_some_and(|id| match id {
+            serde_json::Value::String(s) => s == rsc_id,
+            serde_json::Value::Number(n) => n.to_string() == rsc_id,
+            _ => false,
+        })
 }
 
 async fn keys(store: &kv::Store) -> Result<Vec<String>, String> {

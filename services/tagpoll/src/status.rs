@@ -189,15 +189,15 @@ pub async fn gather(
         names::STREAM_VOTES,
         names::STREAM_HEARTBEATS,
     ] {
-        if let Ok(mut s) = js.get_stream(name).await {
-            if let Ok(info) = s.info().await {
-                streams.push(StreamStatus {
-                    name: name.to_string(),
-                    messages: info.state.messages,
-                    bytes: info.state.bytes,
-                    consumers: info.state.consumer_count,
-                });
-            }
+        if let Ok(mut s) = js.get_stream(name).await
+            && let Ok(info) = s.info().await
+        {
+            streams.push(StreamStatus {
+                name: name.to_string(),
+                messages: info.state.messages,
+                bytes: info.state.bytes,
+                consumers: info.state.consumer_count,
+            });
         }
     }
     Ok(assemble(heartbeats, live, streams, now))
