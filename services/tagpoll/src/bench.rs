@@ -83,6 +83,11 @@ pub struct BenchReport {
     /// Durable stream appends per vote (each one an fsync with `always`).
     pub appends_per_vote: f64,
     pub snapshots_per_s_under_burst: f64,
+    /// Identified reads decided per second by the tally alone, draining a
+    /// queue of them (start-up and rebuild included).
+    pub tally_alone_per_s: f64,
+    /// Results snapshots published per second while the tally drained it.
+    pub tally_snapshots_per_s: f64,
     /// Filled by the identity benchmark part (new tags at fake anyMeta latency).
     pub identity_new_tags_per_s: Option<f64>,
     pub identity: Vec<IdentityRun>,
@@ -251,11 +256,7 @@ pub async fn run(
     progress("pipeline: taps through identity and tally");
     let (pipeline_per_s, snapshots_per_s) = pipeline(&client, &js, n).await?;
     let loaded: Vec<f64> = services.iter().map(|s| rss_mib(s.pid())).collect();
-
-    progress("latency at a fixed rate");
-    let secs = if opts.quick { 5 } else { 15 };
-    let (outcome, snapshot) = latency(&client, &js, opts.rate, secs, n).await?;
-
+    // Every tap so far went through the whole pipeline: count its appends now.
     let votes = info(&js, names::STREAM_VOTES).await?;
     let mut appends = 0;
     for stream in [
@@ -265,6 +266,19 @@ pub async fn run(
     ] {
         appends += info(&js, stream).await?;
     }
+
+    progress("tally alone: draining queued identified reads");
+    let tally_index = services
+        .iter()
+        .position(|s| s.name == "tagpoll-tally")
+        .expect("tally started");
+    let (tally_alone_per_s, tally_snapshots_per_s) =
+        tally_alone(&client, &js, &mut services[tally_index], n).await?;
+
+    progress("latency at a fixed rate");
+    let secs = if opts.quick { 5 } else { 15 };
+    let (outcome, snapshot) = latency(&client, &js, opts.rate, secs, n).await?;
+
     let rss = services
         .iter()
         .zip(idle.iter().zip(&loaded))
@@ -298,6 +312,8 @@ pub async fn run(
         tap_to_snapshot: snapshot,
         appends_per_vote: appends as f64 / votes.max(1) as f64,
         snapshots_per_s_under_burst: snapshots_per_s,
+        tally_alone_per_s,
+        tally_snapshots_per_s,
         identity_new_tags_per_s: None,
         identity: vec![],
         rss,
@@ -431,6 +447,77 @@ async fn pipeline(
             return Err(other("pipeline did not finish within 5 minutes"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    counter.abort();
+    let snaps = *snap_count.lock().unwrap_or_else(|e| e.into_inner());
+    Ok((n as f64 / elapsed, snaps as f64 / elapsed))
+}
+
+/// Stops the tally, queues `n` identified reads, starts it again and times
+/// until every one has its outcome.
+async fn tally_alone(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    tally: &mut ServiceProcess,
+    n: u64,
+) -> Result<(f64, f64), BenchError> {
+    tally.kill();
+    let mut acks = VecDeque::new();
+    for i in 0..n {
+        let read = v1::IdentifiedRead {
+            read_id: format!("tally-alone-{i}"),
+            device_id: "bench-device".into(),
+            reader_id: format!("r{}", i % 4),
+            read_at: Some(tagpoll_proto::now()),
+            device_seq: i,
+            identity: Some(v1::identified_read::Identity::Voter(v1::Voter {
+                voter_id: format!("anon:tally-alone-{i}"),
+                backend: "anonymous".into(),
+                anonymous: true,
+                ..Default::default()
+            })),
+            identified_at: Some(tagpoll_proto::now()),
+        };
+        let subject = subjects::identified(&read.device_id, &read.reader_id);
+        acks.push_back(
+            tagpoll_bus::publish::send_for_read(
+                js,
+                subject,
+                &read.read_id,
+                read.encode_to_vec().into(),
+            )
+            .await?,
+        );
+        if acks.len() >= 256 {
+            acks.pop_front().expect("non-empty").await.map_err(other)?;
+        }
+    }
+    for a in acks {
+        a.await.map_err(other)?;
+    }
+    let before = info(js, names::STREAM_VOTES).await?;
+    let mut snaps = client
+        .subscribe(subjects::RESULTS_ALL)
+        .await
+        .map_err(other)?;
+    let snap_count = Arc::new(Mutex::new(0u64));
+    let counter = {
+        let snap_count = snap_count.clone();
+        tokio::spawn(async move {
+            while snaps.next().await.is_some() {
+                *snap_count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            }
+        })
+    };
+    let start = Instant::now();
+    tally.start()?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while info(js, names::STREAM_VOTES).await? < before + n {
+        if Instant::now() > deadline {
+            return Err(other("the tally did not drain its queue within 5 minutes"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = start.elapsed().as_secs_f64();
     counter.abort();
@@ -589,6 +676,16 @@ pub fn render(r: &BenchReport) -> String {
         &mut out,
         "results snapshots under the burst",
         format!("{:.0} /s", r.snapshots_per_s_under_burst),
+    );
+    line(
+        &mut out,
+        "tally alone: queued identified reads",
+        format!("{:.0} votes/s", r.tally_alone_per_s),
+    );
+    line(
+        &mut out,
+        "results snapshots while the tally drains",
+        format!("{:.0} /s", r.tally_snapshots_per_s),
     );
     let p = |p: &Percentiles| {
         format!(
