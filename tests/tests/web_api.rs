@@ -198,7 +198,7 @@ async fn vote(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_routes_refuse_missing_and_wrong_tokens() {
     let stack = Stack::start().await;
-    let body = Some(r#"{"poll":"p1","answer":"yes"}"#);
+    let body = r#"{"poll":"p1","answer":"yes"}"#;
     for (method, path) in ADMIN_ROUTES {
         for auth in [
             None,
@@ -208,7 +208,8 @@ async fn admin_routes_refuse_missing_and_wrong_tokens() {
             Some(TEST_ADMIN_TOKEN.to_string()),
             Some("Bearer ".to_string()),
         ] {
-            let (status, json, headers) = stack.call(method, path, auth.as_deref(), body).await;
+            let (status, json, headers) =
+                stack.call(method, path, auth.as_deref(), Some(body)).await;
             assert_eq!(status, 401, "{method} {path} with {auth:?}: {json}");
             assert_eq!(json["field"], "authorization", "{method} {path}: {json}");
             assert!(json["error"].as_str().unwrap().contains("token"), "{json}");
@@ -255,7 +256,7 @@ async fn admin_routes_refuse_missing_and_wrong_tokens() {
             let req = if *method == "GET" {
                 client.get(&url)
             } else {
-                client.post(&url).body(body.unwrap())
+                client.post(&url).body(body)
             };
             let resp = req.header("Authorization", auth).send().await.unwrap();
             assert_eq!(resp.status().as_u16(), 503, "{method} {path}");

@@ -83,17 +83,14 @@ fn artifacts_dir() -> PathBuf {
 
 /// A program from `$ENV` or the PATH, or a failure that says what to do.
 fn find_program(env: &str, names: &[&str]) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        for name in names {
-            let p = dir.join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
+    let candidates: Vec<PathBuf> = match std::env::var_os(env) {
+        Some(p) => vec![PathBuf::from(p)],
+        None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+            .collect(),
+    };
+    if let Some(p) = candidates.into_iter().find(|p| p.is_file()) {
+        return p;
     }
     panic!(
         "{} not found on PATH (or in ${env}): the browser tests need Debian's chromium and \

@@ -40,7 +40,9 @@ fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
 impl Admin {
     /// `token` empty or `None` disables the admin API (503 on every call).
     pub fn new(token: Option<&str>, config: kv::Store) -> Self {
-        let token = token.filter(|t| !t.is_empty()).map(|t| digest(t.as_bytes()));
+        let token = token
+            .filter(|t| !t.is_empty())
+            .map(|t| digest(t.as_bytes()));
         if token.is_none() {
             tracing::warn!(
                 "TAGPOLL_ADMIN_TOKEN is not set: the admin API answers 503 until the service is restarted with it"
@@ -92,7 +94,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Admin::from_ref(state).check(&parts.headers).map(|_| AdminAuth)
+        Admin::from_ref(state)
+            .check(&parts.headers)
+            .map(|_| AdminAuth)
     }
 }
 
@@ -179,7 +183,12 @@ async fn poll_action(
     let poll = store::update_poll(&state.admin.config, poll_id, |p| action.apply(p))
         .await
         .map_err(store_error)?;
-    tracing::info!(poll = poll_id, ?action, run = poll.run, "admin changed a poll");
+    tracing::info!(
+        poll = poll_id,
+        ?action,
+        run = poll.run,
+        "admin changed a poll"
+    );
     Ok(Json(admin_poll(
         &poll,
         state.view.results_of(poll_id).as_ref(),
@@ -303,9 +312,7 @@ pub async fn map_reader(
     store::map_reader(&s.admin.config, &reader, &req.poll, &req.answer)
         .await
         .map_err(|e| match e {
-            StoreError::UnknownPoll(p) => {
-                ApiError::unprocessable(format!("no poll {p:?}"), "poll")
-            }
+            StoreError::UnknownPoll(p) => ApiError::unprocessable(format!("no poll {p:?}"), "poll"),
             e => store_error(e),
         })?;
     tracing::info!(reader, poll = %req.poll, answer = %req.answer, "admin remapped a reader");
@@ -362,8 +369,14 @@ mod tests {
         let field = |body: &str| parse_map_request(body.as_bytes()).unwrap_err().1.field;
         assert_eq!(field(r#"{"poll":"p"}"#).as_deref(), Some("answer"));
         assert_eq!(field(r#"{"answer":"a"}"#).as_deref(), Some("poll"));
-        assert_eq!(field(r#"{"poll":"p","answer":3}"#).as_deref(), Some("answer"));
-        assert_eq!(field(r#"{"poll":"a.b","answer":"x"}"#).as_deref(), Some("poll"));
+        assert_eq!(
+            field(r#"{"poll":"p","answer":3}"#).as_deref(),
+            Some("answer")
+        );
+        assert_eq!(
+            field(r#"{"poll":"a.b","answer":"x"}"#).as_deref(),
+            Some("poll")
+        );
         assert_eq!(field("[1]").as_deref(), Some("body"));
         assert_eq!(field("nope").as_deref(), Some("body"));
         assert_eq!(

@@ -216,10 +216,13 @@ pub async fn results(
     Path(poll_id): Path<String>,
 ) -> Result<Json<ResultsJson>, ApiError> {
     let poll = find_poll(&view, &poll_id)?;
-    Ok(Json(public_results(&poll, view.results_of(&poll_id).as_ref())))
+    Ok(Json(public_results(
+        &poll,
+        view.results_of(&poll_id).as_ref(),
+    )))
 }
 
-/// `GET /api/polls/{poll}/export?format=csv|json`
+/// The JSON export: the results contract plus the run and when it was taken.
 #[derive(Serialize)]
 pub struct ExportJson {
     pub poll: String,
@@ -357,10 +360,7 @@ pub async fn healthz(State(view): State<View>) -> (StatusCode, &'static str) {
 
 /// `GET /api/openapi.json`: the hand-written description of every route.
 pub async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        OPENAPI_JSON,
-    )
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
 /// The OpenAPI 3 document; a unit test checks it lists every route.
@@ -432,7 +432,13 @@ mod tests {
         let hidden = serde_json::to_value(public_results(&poll, Some(&stored()))).unwrap();
         assert_eq!(hidden["hidden"], true);
         assert_eq!(hidden["total"], 0);
-        assert!(hidden["answers"].as_array().unwrap().iter().all(|a| a["votes"] == 0));
+        assert!(
+            hidden["answers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|a| a["votes"] == 0)
+        );
 
         // A snapshot of the current run saying hidden hides too; an old run's does not.
         poll.results_hidden = false;
@@ -451,7 +457,10 @@ mod tests {
         assert_eq!(export_format(&HashMap::new()).unwrap(), ExportFormat::Json);
         assert_eq!(export_format(&q("csv")).unwrap(), ExportFormat::Csv);
         let err = export_format(&q("xml")).unwrap_err();
-        assert_eq!((err.0, err.1.field.as_deref()), (StatusCode::BAD_REQUEST, Some("format")));
+        assert_eq!(
+            (err.0, err.1.field.as_deref()),
+            (StatusCode::BAD_REQUEST, Some("format"))
+        );
 
         let poll = poll();
         let csv = export_csv(&poll, &results_json(&poll, Some(&stored())));

@@ -16,8 +16,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use tagpoll_bus::config::{EventConfig, ReaderTarget};
-use tagpoll_proto::v1::{self, OutcomeKind, RejectReason};
 use tagpoll_proto::subjects;
+use tagpoll_proto::v1::{self, OutcomeKind, RejectReason};
 use tokio_stream::wrappers::WatchStream;
 
 use crate::api::{ApiError, state_name};
@@ -217,7 +217,10 @@ fn known_reader(state: &AppState, reader: &str) -> Result<(), ApiError> {
     if state.view.config.borrow().readers.contains_key(reader) {
         Ok(())
     } else {
-        Err(ApiError::not_found(format!("no reader {reader:?}"), "reader"))
+        Err(ApiError::not_found(
+            format!("no reader {reader:?}"),
+            "reader",
+        ))
     }
 }
 
@@ -348,7 +351,11 @@ mod tests {
         let c = config();
         let info = reader_info(&c, "r");
         assert_eq!(
-            (info.question.as_str(), info.answer_label.as_str(), info.state),
+            (
+                info.question.as_str(),
+                info.answer_label.as_str(),
+                info.state
+            ),
             ("Yes or no?", "Yes", "open")
         );
         assert!(!reader_info(&c, "other").mapped);
@@ -381,7 +388,10 @@ mod tests {
         assert_eq!(say(unknown).1, "Go to example.org/link");
         let (h, _) = say(outcome(OutcomeKind::Rejected, RejectReason::PollClosed));
         assert_eq!(h, "Voting is closed");
-        let j = outcome_json(&c, &outcome(OutcomeKind::Rejected, RejectReason::UnknownTag));
+        let j = outcome_json(
+            &c,
+            &outcome(OutcomeKind::Rejected, RejectReason::UnknownTag),
+        );
         assert_eq!((j.kind, j.reject_reason), ("rejected", Some("unknown_tag")));
         let json = serde_json::to_value(&j).unwrap();
         assert!(json.get("voter_id").is_none(), "no voter ids to kiosks");

@@ -13,6 +13,8 @@
 //!
 //! `assets/` holds the pages (vanilla JS and CSS, no build step) and
 //! `openapi.json`; `docs/web.md` describes routes and JSON shapes.
+//! `benches/web_fanout.rs` measures the SSE fan-out to 1,000 clients
+//! (`docs/benchmarks.md`, "Web fan-out").
 pub mod admin;
 pub mod api;
 pub mod app;

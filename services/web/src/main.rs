@@ -10,10 +10,11 @@ struct Args {
     /// Address to listen on.
     #[arg(long = "http", env = "TAGPOLL_HTTP", default_value = "127.0.0.1:8080")]
     http: String,
-    /// Bearer token for /api/admin/; without it every admin call answers 503.
-    #[arg(long, env = "TAGPOLL_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
 }
+
+/// The admin API's bearer token comes from the environment only: a command
+/// line argument would show in every process listing.
+const ADMIN_TOKEN_ENV: &str = "TAGPOLL_ADMIN_TOKEN";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,8 +29,8 @@ async fn main() -> anyhow::Result<()> {
     let buckets = tagpoll_bus::topology::ensure(&js).await?;
     let config = tagpoll_bus::config::follow(&js, buckets.config.clone()).await?;
     let view = tagpoll_web::view::View::new(client, config, buckets.results);
-    let state =
-        tagpoll_web::app::AppState::start(view, buckets.config, args.admin_token.as_deref());
+    let admin_token = std::env::var(ADMIN_TOKEN_ENV).ok();
+    let state = tagpoll_web::app::AppState::start(view, buckets.config, admin_token.as_deref());
     tracing::info!("web listening on http://{}", listener.local_addr()?);
     tagpoll_web::app::serve(listener, state, tagpoll_bus::shutdown_signal()).await?;
     Ok(())

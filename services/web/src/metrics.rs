@@ -207,7 +207,10 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
 /// `GET /metrics`
 pub async fn handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         metrics.render(),
     )
 }
@@ -228,8 +231,15 @@ mod tests {
             "tagpoll_web_http_requests_total{route=\"/api/polls/{poll}/results\",method=\"GET\",status=\"404\"} 2\n"
         ), "{text}");
         assert!(text.contains("tagpoll_web_sse_clients{stream=\"results\"} 1\n"));
-        assert!(text.contains("# TYPE tagpoll_web_outcomes_total counter\ntagpoll_web_outcomes_total 1\n"));
+        assert!(
+            text.contains(
+                "# TYPE tagpoll_web_outcomes_total counter\ntagpoll_web_outcomes_total 1\n"
+            )
+        );
         drop(guard);
-        assert!(m.render().contains("tagpoll_web_sse_clients{stream=\"results\"} 0\n"));
+        assert!(
+            m.render()
+                .contains("tagpoll_web_sse_clients{stream=\"results\"} 0\n")
+        );
     }
 }

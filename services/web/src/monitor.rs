@@ -229,7 +229,8 @@ impl Monitor {
         self.metrics.heartbeats.inc();
         let key = (hb.kind.clone(), hb.name.clone(), hb.instance.clone());
         let mut st = self.lock();
-        st.senders.retain(|_, s| at.saturating_duration_since(s.at) < FORGET_AFTER);
+        st.senders
+            .retain(|_, s| at.saturating_duration_since(s.at) < FORGET_AFTER);
         st.senders.insert(
             key,
             Seen {
@@ -338,7 +339,9 @@ impl Monitor {
             if hb.kind == "device" {
                 for r in &hb.readers {
                     // An online instance wins over a stale one of the same reader.
-                    let keep = health.get(&r.reader_id).is_some_and(|(_, o, _)| *o && !online);
+                    let keep = health
+                        .get(&r.reader_id)
+                        .is_some_and(|(_, o, _)| *o && !online);
                     if !keep {
                         health.insert(r.reader_id.clone(), (hb.name.clone(), online, r));
                     }

@@ -61,7 +61,10 @@ const ASSETS: &[(&str, &str, &str)] = &[
 pub async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
         Some((_, kind, body)) => (
-            [(header::CONTENT_TYPE, *kind), (header::CACHE_CONTROL, "no-cache")],
+            [
+                (header::CONTENT_TYPE, *kind),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
             *body,
         )
             .into_response(),
@@ -78,7 +81,9 @@ fn results_event(r: &LiveResults) -> Event {
 /// (re)connecting client catches up without a reload. A client too slow
 /// for the stream gets every poll's current results again instead of the
 /// updates it missed.
-pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let guard = ClientGuard::new(state.metrics.clone(), Which::Results);
     // Subscribe before taking the snapshot: a change in between is sent
     // twice rather than lost.
@@ -92,14 +97,13 @@ pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Res
         };
         futures::stream::iter(batch)
     });
-    let stream = futures::stream::iter(initial)
-        .chain(updates)
-        .map(move |r| {
-            let _alive = &guard;
-            Ok(results_event(&r))
-        });
-    let stream = futures::stream::once(async { Ok(Event::default().retry(RETRY).comment("tagpoll")) })
-        .chain(stream);
+    let stream = futures::stream::iter(initial).chain(updates).map(move |r| {
+        let _alive = &guard;
+        Ok(results_event(&r))
+    });
+    let stream =
+        futures::stream::once(async { Ok(Event::default().retry(RETRY).comment("tagpoll")) })
+            .chain(stream);
     Sse::new(stream).keep_alive(
         KeepAlive::new()
             .interval(PING)
