@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tagpoll_bus::heartbeat::Stats;
+use tracing::Instrument;
 
 use crate::anymeta::{AnyMetaClient, AnyMetaError, Person};
 use crate::breaker::{Admission, Breaker, Transition};
@@ -111,6 +112,8 @@ struct Inner {
     retry: RetryPolicy,
     counters: Arc<Counters>,
     stats: Arc<Stats>,
+    /// The last anyMeta failure, quoted while the breaker refuses calls.
+    last_failure: std::sync::Mutex<String>,
 }
 
 impl AnyMetaBackend {
@@ -132,6 +135,7 @@ impl AnyMetaBackend {
                 retry,
                 counters,
                 stats,
+                last_failure: std::sync::Mutex::default(),
             }),
         }
     }
@@ -161,7 +165,8 @@ impl AnyMetaBackend {
             .flights
             .run(
                 key.clone(),
-                move || async move { me.fetch(&key).await },
+                // The call is logged in the span of the read that started it.
+                move || async move { me.fetch(&key).await }.in_current_span(),
                 AnyMetaAnswer::Unavailable(Unavailable::new("anyMeta lookup task failed")),
             )
             .await;
@@ -181,8 +186,7 @@ impl AnyMetaBackend {
                 Admission::Refused(wait) => {
                     inc(&inner.counters.breaker_refusals);
                     let last = inner
-                        .stats
-                        .last_error
+                        .last_failure
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .clone();
@@ -200,8 +204,8 @@ impl AnyMetaBackend {
                 Ok(person) => {
                     if inner.breaker.record_success() == Transition::Closed {
                         tracing::info!("anyMeta answers again: circuit closed");
-                        clear_error(&inner.stats);
                     }
+                    clear_error(&inner.stats);
                     inner.cache.put(uid, person.as_ref()).await;
                     return match person {
                         Some(p) => AnyMetaAnswer::Person(p),
@@ -214,6 +218,9 @@ impl AnyMetaBackend {
                     let transition = inner.breaker.record_failure(permanent, Instant::now());
                     let reason = describe(&e);
                     inner.stats.error(&reason);
+                    reason.clone_into(
+                        &mut inner.last_failure.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
                     if permanent {
                         if transition == Transition::Opened {
                             tracing::error!(
@@ -263,13 +270,12 @@ fn describe(e: &AnyMetaError) -> String {
     }
 }
 
-/// Clears the heartbeat's `last_error` once anyMeta answers again.
+/// Clears an anyMeta error from the heartbeat's `last_error` once anyMeta answers again.
 fn clear_error(stats: &Stats) {
-    stats
-        .last_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    let mut last = stats.last_error.lock().unwrap_or_else(|e| e.into_inner());
+    if last.contains("anyMeta") {
+        last.clear();
+    }
 }
 
 #[cfg(test)]

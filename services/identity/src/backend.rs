@@ -249,13 +249,18 @@ mod tests {
         let Lookup::Found(v) = b.resolve(&c, &[0x7E, 0x6F, 0xD7, 0xA0]).await else {
             panic!("bob not found")
         };
-        assert_eq!((v.voter_id.as_str(), v.display_name.as_str()), ("file:bob", "Bob"));
+        assert_eq!(
+            (v.voter_id.as_str(), v.display_name.as_str()),
+            ("file:bob", "Bob")
+        );
         // The event file wins where both list a tag.
         let Lookup::Found(v) = b.resolve(&c, &[0x04, 0xA1, 0xB2, 0xC3]).await else {
             panic!("alice not found")
         };
         assert_eq!(v.voter_id, "file:alice");
-        let Lookup::Found(v) = b.resolve(&config_with(&["csv"]), &[0x04, 0xA1, 0xB2, 0xC3]).await
+        let Lookup::Found(v) = b
+            .resolve(&config_with(&["csv"]), &[0x04, 0xA1, 0xB2, 0xC3])
+            .await
         else {
             panic!("csv-only lookup failed")
         };

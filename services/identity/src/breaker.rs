@@ -180,8 +180,14 @@ mod tests {
         assert_eq!(b.record_failure(false, t), Transition::None);
         assert_eq!(b.record_failure(false, t), Transition::Opened);
         assert_eq!(b.state(), BreakerState::Open);
-        assert_eq!(b.admit(t + Duration::from_secs(1)), Admission::Refused(COOL - Duration::from_secs(1)));
-        assert_eq!(b.remaining_cooldown(t + Duration::from_secs(2)), Duration::from_secs(3));
+        assert_eq!(
+            b.admit(t + Duration::from_secs(1)),
+            Admission::Refused(COOL - Duration::from_secs(1))
+        );
+        assert_eq!(
+            b.remaining_cooldown(t + Duration::from_secs(2)),
+            Duration::from_secs(3)
+        );
     }
 
     #[test]
@@ -189,7 +195,11 @@ mod tests {
         let b = breaker();
         let t = Instant::now();
         b.record_failure(true, t);
-        assert_eq!(b.state(), BreakerState::Open, "permanent failures open at once");
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "permanent failures open at once"
+        );
         let later = t + COOL;
         assert_eq!(b.admit(later), Admission::Probe);
         assert_eq!(b.state(), BreakerState::HalfOpen);
@@ -197,7 +207,10 @@ mod tests {
         // Failed probe: open again for a full cool-down.
         assert_eq!(b.record_failure(false, later), Transition::None);
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(matches!(b.admit(later + Duration::from_secs(1)), Admission::Refused(_)));
+        assert!(matches!(
+            b.admit(later + Duration::from_secs(1)),
+            Admission::Refused(_)
+        ));
         assert_eq!(b.admit(later + COOL), Admission::Probe);
         assert_eq!(b.record_success(), Transition::Closed);
         assert_eq!(b.admit(later + COOL), Admission::Go);
@@ -209,7 +222,13 @@ mod tests {
         let t = Instant::now();
         b.record_failure(true, t);
         assert_eq!(b.admit(t + COOL), Admission::Probe);
-        assert!(matches!(b.admit(t + COOL + Duration::from_secs(29)), Admission::Refused(_)));
-        assert_eq!(b.admit(t + COOL + Duration::from_secs(30)), Admission::Probe);
+        assert!(matches!(
+            b.admit(t + COOL + Duration::from_secs(29)),
+            Admission::Refused(_)
+        ));
+        assert_eq!(
+            b.admit(t + COOL + Duration::from_secs(30)),
+            Admission::Probe
+        );
     }
 }

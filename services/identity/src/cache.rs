@@ -14,7 +14,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -179,9 +179,24 @@ mod tests {
     #[test]
     fn keys_hide_the_uid_and_depend_on_secret_and_site() {
         let uid = [0x04, 0xA1, 0xB2, 0xC3];
-        let a = Cache::new(None, b"0123456789abcdef", "http://a/services/rest/", CacheTtl::default());
-        let b = Cache::new(None, b"fedcba9876543210", "http://a/services/rest/", CacheTtl::default());
-        let c = Cache::new(None, b"0123456789abcdef", "http://c/services/rest/", CacheTtl::default());
+        let a = Cache::new(
+            None,
+            b"0123456789abcdef",
+            "http://a/services/rest/",
+            CacheTtl::default(),
+        );
+        let b = Cache::new(
+            None,
+            b"fedcba9876543210",
+            "http://a/services/rest/",
+            CacheTtl::default(),
+        );
+        let c = Cache::new(
+            None,
+            b"0123456789abcdef",
+            "http://c/services/rest/",
+            CacheTtl::default(),
+        );
         let k = a.key(&uid);
         assert!(k.starts_with("anymeta."), "{k}");
         assert_eq!(k.len(), "anymeta.".len() + 32);

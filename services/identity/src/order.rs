@@ -10,7 +10,9 @@
 //!   and records every read above the floor: stream sequence, read id, tag.
 //! - A read is done once its identified read is stored: this instance marks its own at once;
 //!   reads stored by other instances are seen on `TAGPOLL_IDENTIFIED` (an ordered consumer,
-//!   headers only); and everything at or below the consumer's ack floor (polled) is done.
+//!   headers only, starting [`IDENTIFIED_LOOKBACK`] in the past so reads stored but not yet
+//!   acknowledged by an instance that just died count as done); and everything at or below
+//!   the consumer's ack floor (polled) is done.
 //! - Before read `S` of tag `T` is published, every read of `T` below `S` must be done
 //!   ([`Ledger::blockers`]); otherwise the caller waits (if the blocker is its own publish in
 //!   flight) or hands `S` back to JetStream to try again shortly.
@@ -29,6 +31,10 @@ use tagpoll_bus::BusError;
 use tagpoll_proto::{names, v1};
 use tokio::sync::watch;
 
+/// How far back the `TAGPOLL_IDENTIFIED` follower starts: twice the consumer's ack wait. A
+/// read stored longer ago and still unacknowledged has been re-delivered since (its re-publish
+/// is de-duplicated) and is acknowledged soon, moving the ack floor past it.
+pub const IDENTIFIED_LOOKBACK: Duration = Duration::from_secs(60);
 /// How often the consumer's ack floor is polled.
 pub const FLOOR_POLL: Duration = Duration::from_millis(500);
 /// Read ids remembered as done (for reads whose identified read was seen before the read).
@@ -75,7 +81,9 @@ impl LedgerState {
     /// Read `seq` of `tag` is in the stream (the reads follower saw it).
     pub fn observe(&mut self, seq: u64, read_id: &str, tag: &[u8]) {
         self.seen = self.seen.max(seq);
-        if seq <= self.floor || self.recent_done.contains(read_id) || self.pending.contains_key(&seq)
+        if seq <= self.floor
+            || self.recent_done.contains(read_id)
+            || self.pending.contains_key(&seq)
         {
             return;
         }
@@ -87,7 +95,10 @@ impl LedgerState {
             },
         );
         self.by_tag.entry(tag.to_vec()).or_default().insert(seq);
-        self.by_read.entry(read_id.to_string()).or_default().push(seq);
+        self.by_read
+            .entry(read_id.to_string())
+            .or_default()
+            .push(seq);
     }
 
     /// Stream sequence `seq` was seen but holds no usable read (undecodable).
@@ -233,8 +244,9 @@ impl Ledger {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Creates the ledger and starts its followers: `TAGPOLL_IDENTIFIED` (new messages, headers
-    /// only) first, then the ack floor, then `TAGPOLL_READS` from just above the floor.
+    /// Creates the ledger and starts its followers: `TAGPOLL_IDENTIFIED` (headers only, from
+    /// [`IDENTIFIED_LOOKBACK`] ago) first, then the ack floor, then `TAGPOLL_READS` from just
+    /// above the floor.
     pub async fn start(
         js: &jetstream::Context,
         identity: &consumer::Consumer<consumer::pull::Config>,
@@ -247,7 +259,7 @@ impl Ledger {
             .get_stream(names::STREAM_READS)
             .await
             .map_err(|e| BusError::js("looking up reads stream", e))?;
-        let done_feed = follow(&identified, consumer::DeliverPolicy::New, true).await?;
+        let done_feed = follow(&identified, recent(), true).await?;
         let floor = identity
             .get_info()
             .await
@@ -258,10 +270,27 @@ impl Ledger {
             state: Mutex::new(LedgerState::new(floor)),
             seen: watch::channel(floor).0,
         });
-        tokio::spawn(identified_loop(identified, done_feed, Arc::downgrade(&ledger)));
+        tokio::spawn(identified_loop(
+            identified,
+            done_feed,
+            Arc::downgrade(&ledger),
+        ));
         tokio::spawn(reads_loop(reads, floor, Arc::downgrade(&ledger)));
         tokio::spawn(floor_loop(identity.clone(), Arc::downgrade(&ledger)));
         Ok(ledger)
+    }
+}
+
+/// Messages stored since [`IDENTIFIED_LOOKBACK`] ago.
+fn recent() -> consumer::DeliverPolicy {
+    let since = std::time::SystemTime::now() - IDENTIFIED_LOOKBACK;
+    let nanos = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or_default();
+    match async_nats::datetime::from_nanos(nanos) {
+        Ok(start_time) => consumer::DeliverPolicy::ByStartTime { start_time },
+        Err(_) => consumer::DeliverPolicy::New,
     }
 }
 
@@ -316,7 +345,7 @@ async fn identified_loop(
         // Missing some "done" marks only makes later taps wait for the ack floor.
         tracing::warn!("identified follower ended; restarting");
         tokio::time::sleep(Duration::from_secs(1)).await;
-        match follow(&stream, consumer::DeliverPolicy::New, true).await {
+        match follow(&stream, recent(), true).await {
             Ok(f) => feed = f,
             Err(e) => tracing::warn!(error = %e, "identified follower restart failed"),
         }

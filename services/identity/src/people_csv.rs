@@ -81,7 +81,7 @@ impl CsvPeople {
                 ));
                 continue;
             }
-            let uid = match tagpoll::event::normalize_uid(&fields[0]) {
+            let uid = match tagpoll_proto::ids::normalize_uid(&fields[0]) {
                 Ok(u) => u,
                 Err(e) => {
                     problems.push((line, e));
@@ -94,10 +94,7 @@ impl CsvPeople {
                 continue;
             }
             if let Some(prev) = first_line.get(&uid) {
-                problems.push((
-                    line,
-                    format!("tag {uid} is already listed on line {prev}"),
-                ));
+                problems.push((line, format!("tag {uid} is already listed on line {prev}")));
                 continue;
             }
             first_line.insert(uid.clone(), line);
@@ -211,10 +208,19 @@ mod tests {
         assert_eq!(lines, [3, 4, 5, 6, 7], "{e}");
         let msg = e.to_string();
         assert!(msg.contains("people.csv:3: tag \"XYZ\""), "{msg}");
-        assert!(msg.contains("people.csv:4: tag 04A1B2C3 is already listed on line 2"), "{msg}");
-        assert!(msg.contains("people.csv:5: person id \"no spaces\""), "{msg}");
+        assert!(
+            msg.contains("people.csv:4: tag 04A1B2C3 is already listed on line 2"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("people.csv:5: person id \"no spaces\""),
+            "{msg}"
+        );
         assert!(msg.contains("people.csv:6: expected 3 fields"), "{msg}");
-        assert!(msg.contains("people.csv:7: unterminated quoted field"), "{msg}");
+        assert!(
+            msg.contains("people.csv:7: unterminated quoted field"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -43,6 +43,8 @@ use crate::order::Ledger;
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Most reads the `identity` consumer hands out unacknowledged, all instances together.
 pub const MAX_ACK_PENDING: i64 = 1000;
+/// Longest nak delay of a read held back for an earlier tap of its tag.
+pub const ORDER_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Shown at the kiosk for an unknown tag when the event has no `unknown_tag_hint`.
 pub const DEFAULT_UNKNOWN_HINT: &str = "Link your tag to your account, then tap again.";
 
@@ -73,7 +75,12 @@ impl Default for ServiceOptions {
 
 impl ServiceOptions {
     /// `base · 2^(deliveries-1)`, at least `at_least`, at most `retry_max`, then ±20 % jitter.
-    pub fn nak_delay(&self, base: Duration, deliveries: i64, at_least: Option<Duration>) -> Duration {
+    pub fn nak_delay(
+        &self,
+        base: Duration,
+        deliveries: i64,
+        at_least: Option<Duration>,
+    ) -> Duration {
         let doublings = (deliveries.max(1) - 1).min(10) as u32;
         let d = base
             .saturating_mul(1 << doublings)
@@ -123,6 +130,8 @@ struct Ctx {
     read: v1::TagRead,
     seq: u64,
     deliveries: i64,
+    /// No backend knew the tag (for the counters).
+    unknown: bool,
     span: tracing::Span,
 }
 
@@ -163,8 +172,7 @@ pub async fn run(identity: Identity) -> Result<(), BusError> {
     };
     let mut open = true;
     while open || !pipe.resolving.is_empty() || !pipe.acks.is_empty() {
-        let can_take =
-            open && pipe.resolving.len() < concurrency && pipe.acks.len() < concurrency;
+        let can_take = open && pipe.resolving.len() < concurrency && pipe.acks.len() < concurrency;
         tokio::select! {
             biased;
             Some((ctx, r)) = pipe.acks.next(), if !pipe.acks.is_empty() => pipe.finish(ctx, r).await,
@@ -233,6 +241,7 @@ impl Pipeline<'_> {
             read,
             seq,
             deliveries,
+            unknown: false,
             span,
         };
         self.resolving.push_back(
@@ -253,18 +262,19 @@ impl Pipeline<'_> {
         self.publish_stage_inner(ctx, lookup).instrument(span).await
     }
 
-    async fn publish_stage_inner(&mut self, ctx: Ctx, lookup: Lookup) {
+    async fn publish_stage_inner(&mut self, mut ctx: Ctx, lookup: Lookup) {
         let id = self.identity;
         let identity = match lookup {
             Lookup::Found(voter) => v1::identified_read::Identity::Voter(voter),
             Lookup::Unknown => {
+                ctx.unknown = true;
                 let config = id.config.borrow().clone();
                 v1::identified_read::Identity::Unknown(unknown_tag(&config))
             }
             Lookup::Unavailable(u) => {
-                let delay = id
-                    .options
-                    .nak_delay(id.options.retry_base, ctx.deliveries, u.retry_after);
+                let delay =
+                    id.options
+                        .nak_delay(id.options.retry_base, ctx.deliveries, u.retry_after);
                 tracing::debug!(why = %u.reason, ?delay, "identity unavailable; read stays in the stream for a retry");
                 id.stats.error(&u.reason);
                 inc(&id.counters.nak_unavailable);
@@ -273,11 +283,7 @@ impl Pipeline<'_> {
             }
         };
         // Per-tag order: nothing earlier of this tag may still be on its way.
-        if !self
-            .ledger
-            .wait_seen(ctx.seq, Duration::from_secs(5))
-            .await
-        {
+        if !self.ledger.wait_seen(ctx.seq, Duration::from_secs(5)).await {
             tracing::warn!("reads follower is behind; retrying the read shortly");
             self.nak_for_order(ctx).await;
             return;
@@ -288,7 +294,10 @@ impl Pipeline<'_> {
                 break;
             }
             if !blockers.iter().all(|b| self.in_window.contains(b)) {
-                tracing::debug!(?blockers, "an earlier tap of this tag is not stored yet; retrying later");
+                tracing::debug!(
+                    ?blockers,
+                    "an earlier tap of this tag is not stored yet; retrying later"
+                );
                 self.nak_for_order(ctx).await;
                 return;
             }
@@ -344,21 +353,26 @@ impl Pipeline<'_> {
                 .await;
                 id.stats.handled_one();
                 inc(&id.counters.identified);
+                if ctx.unknown {
+                    inc(&id.counters.unknown);
+                }
             }
             Err(e) => self.nak_publish(ctx, e).await,
         }
     }
 
-    async fn nak_for_order(&self, ctx: Ctx) {
+    async fn nak_for_order(&mut self, ctx: Ctx) {
         let id = self.identity;
         inc(&id.counters.nak_order);
+        // Short and capped: the earlier tap is usually stored within moments.
         let delay = id
             .options
-            .nak_delay(id.options.order_retry, ctx.deliveries, None);
+            .nak_delay(id.options.order_retry, ctx.deliveries, None)
+            .min(ORDER_RETRY_MAX);
         let _ = ctx.msg.ack_with(AckKind::Nak(Some(delay))).await;
     }
 
-    async fn nak_publish(&self, ctx: Ctx, error: String) {
+    async fn nak_publish(&mut self, ctx: Ctx, error: String) {
         let id = self.identity;
         tracing::warn!(parent: &ctx.span, %error, "could not store identified read; retrying later");
         id.stats.error(&error);
@@ -395,17 +409,28 @@ mod tests {
     #[test]
     fn nak_delays_grow_respect_the_breaker_and_are_capped() {
         let o = ServiceOptions::default();
-        let within = |d: Duration, want: Duration| {
-            d >= want.mul_f64(0.79) && d <= want.mul_f64(1.21)
-        };
-        assert!(within(o.nak_delay(o.retry_base, 1, None), Duration::from_secs(1)));
-        assert!(within(o.nak_delay(o.retry_base, 3, None), Duration::from_secs(4)));
-        assert!(within(o.nak_delay(o.retry_base, 50, None), Duration::from_secs(10)));
+        let within =
+            |d: Duration, want: Duration| d >= want.mul_f64(0.79) && d <= want.mul_f64(1.21);
+        assert!(within(
+            o.nak_delay(o.retry_base, 1, None),
+            Duration::from_secs(1)
+        ));
+        assert!(within(
+            o.nak_delay(o.retry_base, 3, None),
+            Duration::from_secs(4)
+        ));
+        assert!(within(
+            o.nak_delay(o.retry_base, 50, None),
+            Duration::from_secs(10)
+        ));
         assert!(within(
             o.nak_delay(o.retry_base, 1, Some(Duration::from_secs(5))),
             Duration::from_secs(5)
         ));
-        assert!(within(o.nak_delay(o.order_retry, 1, None), Duration::from_millis(200)));
+        assert!(within(
+            o.nak_delay(o.order_retry, 1, None),
+            Duration::from_millis(200)
+        ));
     }
 
     #[test]

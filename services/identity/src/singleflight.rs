@@ -14,10 +14,12 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 type Flight<V> = Shared<BoxFuture<'static, V>>;
+/// Flights under way, each with an id so a finished flight never removes its successor.
+type Flights<K, V> = Arc<Mutex<HashMap<K, (u64, Flight<V>)>>>;
 
 /// Coalesces concurrent work per key. Cheap to clone; clones share the flights.
 pub struct SingleFlight<K, V: Clone> {
-    flights: Arc<Mutex<HashMap<K, (u64, Flight<V>)>>>,
+    flights: Flights<K, V>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -133,14 +135,9 @@ mod tests {
     #[tokio::test]
     async fn different_keys_run_separately_and_panics_yield_the_fallback() {
         let sf: SingleFlight<u32, u32> = SingleFlight::default();
-        let (a, b) = tokio::join!(
-            sf.run(1, || async { 1 }, 0),
-            sf.run(2, || async { 2 }, 0)
-        );
+        let (a, b) = tokio::join!(sf.run(1, || async { 1 }, 0), sf.run(2, || async { 2 }, 0));
         assert_eq!((a.0, b.0), (1, 2));
-        let (v, _) = sf
-            .run(3, || async { panic!("boom") }, 99)
-            .await;
+        let (v, _) = sf.run(3, || async { panic!("boom") }, 99).await;
         assert_eq!(v, 99);
         assert_eq!(sf.in_flight(), 0);
     }
