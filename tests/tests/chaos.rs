@@ -4,8 +4,12 @@
 
 use tagpoll_tests::cli_with_env;
 
+/// The two runs each want the whole machine: never at the same time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn chaos_run_loses_and_doubles_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = cli_with_env(
         &[
             "chaos",
@@ -53,22 +57,48 @@ fn chaos_run_loses_and_doubles_nothing() {
 
 #[test]
 fn chaos_run_on_a_three_node_cluster_loses_and_doubles_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = cli_with_env(
-        &["chaos", "--taps", "20000", "--devices", "4", "--rate", "800", "--cluster", "3", "--json"],
+        &[
+            "chaos",
+            "--taps",
+            "20000",
+            "--devices",
+            "4",
+            "--rate",
+            "800",
+            "--cluster",
+            "3",
+            "--json",
+        ],
         &[],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     println!(
         "chaos (3-node cluster): taps sent {} / votes counted {} (expected {}) / lost {} / doubled {}",
-        report["taps"], report["counted_votes"], report["expected_votes"], report["lost"], report["doubled"]
+        report["taps"],
+        report["counted_votes"],
+        report["expected_votes"],
+        report["lost"],
+        report["doubled"]
     );
     assert_eq!(report["cluster_nodes"], 3);
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["doubled"], 0, "{report}");
-    assert_eq!(report["counted_votes"], report["expected_votes"], "{report}");
-    assert!(report["faults"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().contains("node")));
+    assert_eq!(
+        report["counted_votes"], report["expected_votes"],
+        "{report}"
+    );
+    assert!(
+        report["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().contains("node"))
+    );
     assert!(out.status.success(), "{stderr}");
 }

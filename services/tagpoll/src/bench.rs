@@ -288,6 +288,22 @@ pub async fn run(
             loaded_mib: *l,
         })
         .collect();
+    progress("identity: new tags against a fake anyMeta");
+    let identity_index = services
+        .iter()
+        .position(|s| s.name == "tagpoll-identity")
+        .expect("identity started");
+    services[identity_index].kill();
+    let tags = if opts.quick { 1_000 } else { 10_000 };
+    let mut identity = Vec::new();
+    for (k, latency_ms) in [50u64, 100].into_iter().enumerate() {
+        identity.push(
+            identity_new_tags(
+                &js, &buckets, &event, &env, &logs, latency_ms, tags, k as u64,
+            )
+            .await?,
+        );
+    }
     drop(services);
     drop(server);
     Ok(BenchReport {
@@ -314,8 +330,11 @@ pub async fn run(
         snapshots_per_s_under_burst: snapshots_per_s,
         tally_alone_per_s,
         tally_snapshots_per_s,
-        identity_new_tags_per_s: None,
-        identity: vec![],
+        identity_new_tags_per_s: identity
+            .iter()
+            .find(|i| i.latency_ms == 100)
+            .map(|i| i.per_s),
+        identity,
         rss,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
@@ -523,6 +542,83 @@ async fn tally_alone(
     counter.abort();
     let snaps = *snap_count.lock().unwrap_or_else(|e| e.into_inner());
     Ok((n as f64 / elapsed, snaps as f64 / elapsed))
+}
+
+/// Identity alone against a fake anyMeta answering after `latency_ms`:
+/// `tags` taps of tags it has never seen, queued first, then timed from the
+/// identity service's start until every one is identified.
+#[allow(clippy::too_many_arguments)]
+async fn identity_new_tags(
+    js: &jetstream::Context,
+    buckets: &tagpoll_bus::topology::Buckets,
+    event: &crate::event::Event,
+    env: &[(String, String)],
+    logs: &std::path::Path,
+    latency_ms: u64,
+    tags: u64,
+    round: u64,
+) -> Result<IdentityRun, BenchError> {
+    let fake = tagpoll_identity::fake_anymeta::FakeAnyMeta::start().await;
+    fake.set_latency(Duration::from_millis(latency_ms));
+    let mut event = event.clone();
+    event.settings.identity_chain = vec!["anymeta".into(), "anonymous".into()];
+    tagpoll_bus::store::load(&buckets.config, &event)
+        .await
+        .map_err(other)?;
+    for i in 0..tags {
+        let mut t = sample_tap(10_000_000 * (round + 1) + i);
+        t.read_id = format!("identity-{latency_ms}-{i}");
+        // A fresh tag every time: nothing cached, every lookup reaches anyMeta.
+        t.tag_uid = [0x08, round as u8]
+            .iter()
+            .copied()
+            .chain((i as u32).to_be_bytes())
+            .collect();
+        let subject = subjects::read(&t.device_id, &t.reader_id);
+        tagpoll_bus::publish::publish_for_read(js, subject, &t.read_id, t.encode_to_vec().into())
+            .await?;
+    }
+    let before = info(js, names::STREAM_IDENTIFIED).await?;
+    let cfg = fake.config();
+    let mut env = env.to_vec();
+    env.extend([
+        (
+            "TAGPOLL_ANYMETA_ENTRYPOINT".to_string(),
+            cfg.entrypoint.clone(),
+        ),
+        (
+            "TAGPOLL_ANYMETA_CONSUMER_KEY".to_string(),
+            cfg.consumer_key.clone(),
+        ),
+        (
+            "TAGPOLL_ANYMETA_CONSUMER_SECRET".to_string(),
+            cfg.consumer_secret.clone(),
+        ),
+        ("TAGPOLL_ANYMETA_TOKEN".to_string(), cfg.token.clone()),
+        (
+            "TAGPOLL_ANYMETA_TOKEN_SECRET".to_string(),
+            cfg.token_secret.clone(),
+        ),
+    ]);
+    let mut p = ServiceProcess::new("tagpoll-identity", &[], &env, logs)?;
+    let start = Instant::now();
+    p.start()?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while info(js, names::STREAM_IDENTIFIED).await? < before + tags {
+        if Instant::now() > deadline {
+            return Err(other(
+                "identity did not resolve the new tags within 5 minutes",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    p.kill();
+    Ok(IdentityRun {
+        latency_ms,
+        tags,
+        per_s: tags as f64 / elapsed,
+    })
 }
 
 /// Taps at a fixed rate, each by a new voter (so each one raises the total),

@@ -355,7 +355,7 @@ pub async fn run(
         .await
         .map_err(err)?;
     let js = jetstream::new(client);
-    let deadline = Instant::now() + Duration::from_secs_f64(planned_secs * 3.0 + 180.0);
+    let deadline = Instant::now() + Duration::from_secs_f64(planned_secs * 4.0 + 300.0);
     let mut stable_since: Option<(u64, u64, Instant)> = None;
     loop {
         let reads = messages(&js, names::STREAM_READS).await?;

@@ -34,7 +34,7 @@ use tagpoll_proto::v1;
 use toml::Spanned;
 
 /// Identity backends an event may name.
-pub const BACKENDS: [&str; 3] = ["anymeta", "file", "anonymous"];
+pub const BACKENDS: [&str; 4] = ["anymeta", "file", "csv", "anonymous"];
 
 /// One problem in an event file.
 #[derive(Debug, Clone, PartialEq)]
