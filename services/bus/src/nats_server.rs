@@ -265,7 +265,10 @@ impl NatsCluster {
             .map(|_| Ok((free_port()?, free_port()?)))
             .collect::<std::io::Result<_>>()
             .map_err(|e| io("127.0.0.1:0", e))?;
-        let routes: Vec<String> = ports.iter().map(|(_, r)| format!("nats-route://127.0.0.1:{r}")).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, r)| format!("nats-route://127.0.0.1:{r}"))
+            .collect();
         let mut nodes = Vec::new();
         for (i, (port, route)) in ports.iter().enumerate() {
             let node_dir = dir.join(format!("node{}", i + 1));
@@ -276,7 +279,11 @@ impl NatsCluster {
                 "server_name: n{n}\nlisten: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\ncluster {{\n  name: tagpoll_chaos\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
                 n = i + 1,
                 store = node_dir.join("store").display(),
-                routes = routes.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", "),
+                routes = routes
+                    .iter()
+                    .map(|r| format!("\"{r}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             );
             std::fs::write(&conf, text).map_err(|e| io(&conf, e))?;
             nodes.push(ClusterNode {
@@ -329,7 +336,8 @@ impl NatsCluster {
                 }
             }
             if start.elapsed() > Duration::from_secs(30) {
-                let log = std::fs::read_to_string(node.dir.join("nats-server.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(node.dir.join("nats-server.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 return Err(NatsServerError::NotReady {
                     addr,
