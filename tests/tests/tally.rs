@@ -59,8 +59,13 @@ answer = "yes"
 async fn open_close_and_remap_take_effect_live_through_commands() {
     let bus = TestBus::start();
     ok(&bus.cli(&["load", &write_file(&bus, "event.toml", CONTROL_EVENT)]));
+    let metrics_addr = format!("127.0.0.1:{}", tagpoll::nats_server::free_port().unwrap());
     let _identity = bus.service("tagpoll-identity", &[], &[]);
-    let _tally = bus.service("tagpoll-tally", &[], &[]);
+    let _tally = bus.service(
+        "tagpoll-tally",
+        &[],
+        &[("TAGPOLL_METRICS_ADDR", metrics_addr.as_str())],
+    );
 
     let tap = |tag: &str| bus.cli(&["tap", "--reader", "r1", "--tag", tag]);
     assert!(ok(&tap("01020304")).contains("ACCEPTED  poll=p answer=yes"));
@@ -114,6 +119,28 @@ async fn open_close_and_remap_take_effect_live_through_commands() {
     .await;
     let table = ok(&bus.cli(&["results", "p"]));
     assert!(table.contains("Which? (p, open)"), "{table}");
+
+    // The tally's /metrics reports what it handled (4 decisions so far).
+    let url = format!("http://{metrics_addr}/metrics");
+    eventually(Duration::from_secs(10), "tally metrics", || {
+        let url = url.clone();
+        async move {
+            let r = http_client()
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let text = r.text().await.map_err(|e| e.to_string())?;
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("tagpoll_handled_total{kind=\"service\",name=\"tally\""));
+            match line {
+                Some(l) if l.ends_with(" 4") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
 
     // Audit: the recount from the vote stream equals the live counts.
     let replay = ok(&bus.cli(&["replay", "p"]));

@@ -156,9 +156,12 @@ pub fn spawn_service(
         let subject = subjects::heartbeat("service", name, &sender.instance);
         let mut tick = tokio::time::interval(INTERVAL);
         let _stores = AbortOnDrop(stores);
+        let (metrics, latest) = tokio::sync::watch::channel(sender.heartbeat(&client, &stats));
+        crate::metrics::serve_from_env(latest);
         loop {
             tick.tick().await;
             let hb = sender.heartbeat(&client, &stats);
+            metrics.send_replace(hb.clone());
             // Core publish is right here: a lost heartbeat is replaced by the next.
             if client
                 .publish(subject.clone(), hb.encode_to_vec().into())

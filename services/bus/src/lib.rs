@@ -6,6 +6,7 @@
 //! - [`config`]: a live, typed view of the event configuration kept in KV.
 //! - [`publish`]: durable publishes that only count once JetStream acknowledged them.
 //! - [`heartbeat`]: periodic liveness messages.
+//! - [`metrics`]: `/metrics` (Prometheus) from the latest heartbeat, with `TAGPOLL_METRICS_ADDR`.
 //! - [`store`]: writing the event and live changes (open/close, remap) into KV.
 //! - [`nats_server`], [`process`]: running a private nats-server and service
 //!   binaries as children (dev, tests, benchmarks, fault runs).
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod connect;
 pub mod heartbeat;
+pub mod metrics;
 pub mod nats_server;
 pub mod process;
 pub mod publish;

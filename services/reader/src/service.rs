@@ -617,6 +617,8 @@ async fn heartbeat_loop(client: async_nats::Client, device_id: String, state: Sh
     let started = SystemTime::now();
     let subject = subjects::heartbeat("device", &device_id, &instance);
     let mut tick = tokio::time::interval(tagpoll_bus::heartbeat::INTERVAL);
+    let (metrics, latest) = tokio::sync::watch::channel(v1::Heartbeat::default());
+    tagpoll_bus::metrics::serve_from_env(latest);
     loop {
         tick.tick().await;
         let hb = {
@@ -642,6 +644,7 @@ async fn heartbeat_loop(client: async_nats::Client, device_id: String, state: Sh
                 in_flight: u64::from(st.publishing),
             }
         };
+        metrics.send_replace(hb.clone());
         // Bounded: while disconnected the client's queue can fill up.
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
