@@ -529,16 +529,24 @@ fn progress_bar(what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-async fn replay(poll_id: String) -> anyhow::Result<()> {
+/// A poll's definition and every outcome of it, with a progress bar.
+async fn poll_log(
+    poll_id: &str,
+) -> anyhow::Result<(Bus, v1::PollDefinition, tagpoll::audit::PollLog)> {
     let bus = bus().await?;
-    let poll = load_poll(&bus, &poll_id).await?;
-    let bar = progress_bar("replaying the vote stream");
-    let log = tagpoll::audit::read_poll_log(&bus.js, &poll_id, |done, total| {
+    let poll = load_poll(&bus, poll_id).await?;
+    let bar = progress_bar("reading the vote stream");
+    let log = tagpoll::audit::read_poll_log(&bus.js, poll_id, |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })
     .await?;
     bar.finish_and_clear();
+    Ok((bus, poll, log))
+}
+
+async fn replay(poll_id: String) -> anyhow::Result<()> {
+    let (bus, poll, log) = poll_log(&poll_id).await?;
     let recounted = tagpoll::audit::recount(&log, &poll);
     // The live snapshot may trail by one coalescing interval: give it a moment.
     let mut live = show::Counts::new();
@@ -593,15 +601,7 @@ async fn export(
     output: Option<PathBuf>,
     voter_ids: bool,
 ) -> anyhow::Result<()> {
-    let bus = bus().await?;
-    let poll = load_poll(&bus, &poll_id).await?;
-    let bar = progress_bar("reading the vote stream");
-    let log = tagpoll::audit::read_poll_log(&bus.js, &poll_id, |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })
-    .await?;
-    bar.finish_and_clear();
+    let (bus, poll, log) = poll_log(&poll_id).await?;
     let voters = if voter_ids {
         tagpoll::audit::VoterIds::AsStored
     } else {
