@@ -160,43 +160,8 @@ impl NatsServer {
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<(), NatsServerError> {
-        let start = Instant::now();
-        let addr = format!("127.0.0.1:{}", self.port);
-        loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-                // The INFO line arrives once the server is really serving.
-                use std::io::Read;
-                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                let mut buf = [0u8; 4];
-                if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
-                    return Ok(());
-                }
-            }
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-                .is_some();
-            if exited || start.elapsed() > limit {
-                let log = std::fs::read_to_string(self.opts.dir.join("nats-server.log"))
-                    .unwrap_or_default();
-                let tail: String = log
-                    .lines()
-                    .rev()
-                    .take(15)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                return Err(NatsServerError::NotReady {
-                    addr,
-                    secs: limit.as_secs(),
-                    log: tail,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let log = self.opts.dir.join("nats-server.log");
+        wait_for_server(self.port, self.child.as_mut(), &log, limit)
     }
 
     /// `nats://127.0.0.1:PORT`
@@ -238,6 +203,44 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Waits until the server on `port` sends its INFO line (it then really
+/// serves); fails early if `child` exited, or after `limit`, quoting the end
+/// of its `log`.
+fn wait_for_server(
+    port: u16,
+    mut child: Option<&mut Child>,
+    log: &Path,
+    limit: Duration,
+) -> Result<(), NatsServerError> {
+    let start = Instant::now();
+    let addr = format!("127.0.0.1:{port}");
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            use std::io::Read;
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut buf = [0u8; 4];
+            if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
+                return Ok(());
+            }
+        }
+        let exited = child
+            .as_deref_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .is_some();
+        if exited || start.elapsed() > limit {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let mut tail: Vec<&str> = text.lines().rev().take(15).collect();
+            tail.reverse();
+            return Err(NatsServerError::NotReady {
+                addr,
+                secs: limit.as_secs(),
+                log: tail.join("\n"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -324,29 +327,13 @@ impl NatsCluster {
 
     fn wait_ready(&mut self, i: usize) -> Result<(), NatsServerError> {
         let node = &mut self.nodes[i];
-        let addr = format!("127.0.0.1:{}", node.port);
-        let start = Instant::now();
-        loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-                use std::io::Read;
-                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                let mut buf = [0u8; 4];
-                if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
-                    return Ok(());
-                }
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let log =
-                    std::fs::read_to_string(node.dir.join("nats-server.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                return Err(NatsServerError::NotReady {
-                    addr,
-                    secs: 30,
-                    log: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let log = node.dir.join("nats-server.log");
+        wait_for_server(
+            node.port,
+            node.child.as_mut(),
+            &log,
+            Duration::from_secs(30),
+        )
     }
 
     /// All client URLs, comma-separated, as `NATS_URL` takes them.
