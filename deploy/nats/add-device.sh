@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Adds (or replaces) a reader device's NATS user in users.conf.
 #
-#   deploy/nats/add-device.sh [--users FILE] [--secrets DIR] DEVICE READER [READER...]
+#   deploy/nats/add-device.sh [--users FILE] [--secrets DIR] DEVICE
 #
 # The device may then only
 #   - publish taps on tagpoll.reads.DEVICE.> and heartbeats on
 #     tagpoll.heartbeat.device.DEVICE.>,
 #   - look up the tagpoll streams and buckets (tagpoll-reader does at start),
-#   - receive the outcomes of its own READERs (tagpoll.outcomes.*.READER,
-#     for the LED/buzzer feedback) and replies on its own inbox
+#   - receive the feedback for taps on this box (tagpoll.feedback.DEVICE.>,
+#     for the LED/buzzer and the feedback hook) and replies on its own inbox
 #     (_INBOX.reader-DEVICE.>, which the services' NATS client uses by itself).
-# Moving a reader to another box means running this again for both boxes.
+# Nothing here names readers: moving a reader to another box needs no change.
+# (Reader ids after DEVICE, which older versions needed, are checked and
+# otherwise ignored.)
 #
 # A new random password is written to DIR/reader-DEVICE.password (default
 # deploy/secrets/devices/, never committed); users.conf gets only its bcrypt
@@ -42,7 +44,7 @@ while [ $# -gt 0 ]; do
         *) break ;;
     esac
 done
-[ $# -ge 2 ] || usage
+[ $# -ge 1 ] || usage
 device="$1"; shift
 id_ok() { [[ "$1" =~ ^[A-Za-z0-9_-]{1,64}$ ]]; }
 id_ok "$device" || { echo "add-device.sh: device id '$device' must be 1-64 of A-Z a-z 0-9 - _" >&2; exit 2; }
@@ -98,9 +100,7 @@ trap 'rm -f "$block" "$block.new"' EXIT
     echo "    ] }"
     echo "    subscribe: { allow: ["
     echo "      \"_INBOX.$user.>\""
-    for r in "$@"; do
-        echo "      \"tagpoll.outcomes.*.$r\""
-    done
+    echo "      \"tagpoll.feedback.$device.>\""
     echo "    ] }"
     echo "  }}"
     echo "  # <<< device $device"
@@ -122,6 +122,6 @@ mkdir -p "$secrets"
 chmod 700 "$secrets" 2>/dev/null || true
 umask 077
 printf '%s\n' "$password" > "$secrets/$user.password"
-echo "added $user (readers: $*) to $users" >&2
+echo "added $user to $users" >&2
 echo "password in $secrets/$user.password: copy it to the box as NATS_PASSWORD_FILE, with NATS_USER=$user" >&2
 echo "reload the server: docker compose kill -s HUP nats" >&2

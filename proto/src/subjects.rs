@@ -40,6 +40,24 @@ pub fn outcomes_for_reader(reader: &str) -> String {
     format!("tagpoll.outcomes.*.{reader}")
 }
 
+/// All reader feedback (core NATS only: outcome plus the voter's name).
+pub const FEEDBACK_ALL: &str = "tagpoll.feedback.>";
+
+/// Feedback for a tap at `reader` on `device`.
+pub fn feedback(device: &str, reader: &str) -> String {
+    format!("tagpoll.feedback.{device}.{reader}")
+}
+
+/// Feedback for every reader of one device: what a reader device may read.
+pub fn feedback_for_device(device: &str) -> String {
+    format!("tagpoll.feedback.{device}.>")
+}
+
+/// Feedback for one reader, whatever device it is on (the kiosk's filter).
+pub fn feedback_for_reader(reader: &str) -> String {
+    format!("tagpoll.feedback.*.{reader}")
+}
+
 /// Outcomes of one poll.
 pub fn outcomes_for_poll(poll: &str) -> String {
     format!("tagpoll.outcomes.{poll}.*")
@@ -90,6 +108,9 @@ mod tests {
         assert_eq!(outcome("p", "r1"), "tagpoll.outcomes.p.r1");
         assert_eq!(outcome("", "r1"), "tagpoll.outcomes._.r1");
         assert_eq!(results("p"), "tagpoll.results.p");
+        assert_eq!(feedback("dev1", "r1"), "tagpoll.feedback.dev1.r1");
+        assert_eq!(feedback_for_device("dev1"), "tagpoll.feedback.dev1.>");
+        assert_eq!(feedback_for_reader("r1"), "tagpoll.feedback.*.r1");
         for s in [read("a", "b"), outcome("a", "b"), results("a")] {
             assert!(s.starts_with("tagpoll."));
         }

@@ -325,7 +325,7 @@ impl DeployServer {
 
     /// Runs `deploy/nats/add-device.sh` on the copied `users.conf`, reloads
     /// the server, and returns the device's user and password.
-    pub fn add_device(&self, device: &str, readers: &[&str]) -> (String, String) {
+    pub fn add_device(&self, device: &str) -> (String, String) {
         let out = Command::new("bash")
             .arg(repo_root().join("deploy/nats/add-device.sh"))
             .arg("--users")
@@ -333,7 +333,6 @@ impl DeployServer {
             .arg("--secrets")
             .arg(&self.secrets_dir)
             .arg(device)
-            .args(readers)
             .output()
             .expect("run add-device.sh");
         assert!(

@@ -317,3 +317,32 @@ impl Drop for DevProcess {
         }
     }
 }
+
+/// Every message of a stream, in stream order, with its sequence.
+pub async fn stream_messages(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<(u64, bytes::Bytes)> {
+    let mut s = js.get_stream(stream).await.expect("stream");
+    let last = s.info().await.expect("stream info").state.last_sequence;
+    let mut out = Vec::new();
+    if last == 0 {
+        return out;
+    }
+    let consumer = s
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("ordered consumer");
+    let mut msgs = consumer.messages().await.expect("messages");
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut msgs)).await
+    {
+        let m = m.expect("message");
+        let seq = m.info().expect("info").stream_sequence;
+        out.push((seq, m.payload.clone()));
+        if seq >= last {
+            break;
+        }
+    }
+    out
+}

@@ -1,7 +1,8 @@
 //! Least privilege on NATS, against a real nats-server started with the
 //! production configuration in `deploy/nats/` (users, role permissions,
 //! TLS): a reader device may publish taps for its own device only and read
-//! only its own readers' outcomes; it cannot publish votes or results; a
+//! only the feedback for its own taps; it cannot publish votes or results,
+//! nor read the vote stream's subjects; a
 //! wrong password is refused; the services run end to end with their own
 //! role credentials and trip no permission; TLS with a private CA works and
 //! a client without that CA is refused.
@@ -151,7 +152,7 @@ async fn reader_credential_is_confined_to_its_own_device() {
     let nats = DeployServer::start(dir.path(), "nats.conf", &[]);
     let url = nats.url();
     admin_load(dir.path(), &url, &[]);
-    let (user, password) = nats.add_device("hall-left", &["coffee-left"]);
+    let (user, password) = nats.add_device("hall-left");
     assert_eq!(user, "reader-hall-left");
 
     // The reload is asynchronous: wait until the new user may log in.
@@ -197,22 +198,26 @@ async fn reader_credential_is_confined_to_its_own_device() {
     .expect("a device publishes taps for itself and gets JetStream's ack");
     assert_eq!((seq, duplicate), (1, false));
 
-    // It hears the outcomes of its own reader (LED/buzzer feedback).
+    // It hears the feedback for its own taps (LED/buzzer, the hook).
     let mut feedback = reader
-        .subscribe(subjects::outcomes_for_reader("coffee-left"))
+        .subscribe(subjects::feedback_for_device("hall-left"))
         .await
         .unwrap();
     reader.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let outcome = v1::VoteOutcome {
-        read_id: "perm-t1".into(),
-        reader_id: "coffee-left".into(),
-        poll_id: "p1".into(),
-        ..Default::default()
+    let outcome = v1::ReaderFeedback {
+        outcome: Some(v1::VoteOutcome {
+            read_id: "perm-t1".into(),
+            device_id: "hall-left".into(),
+            reader_id: "coffee-left".into(),
+            poll_id: "p1".into(),
+            ..Default::default()
+        }),
+        display_name: "Alice".into(),
     };
     admin
         .publish(
-            subjects::outcome("p1", "coffee-left"),
+            subjects::feedback("hall-left", "coffee-left"),
             outcome.encode_to_vec().into(),
         )
         .await
@@ -220,9 +225,12 @@ async fn reader_credential_is_confined_to_its_own_device() {
     admin.flush().await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), feedback.next())
         .await
-        .expect("the device receives its reader's outcome")
+        .expect("the device receives its reader's feedback")
         .unwrap();
-    assert_eq!(got.subject.as_str(), "tagpoll.outcomes.p1.coffee-left");
+    assert_eq!(
+        got.subject.as_str(),
+        "tagpoll.feedback.hall-left.coffee-left"
+    );
     let votes_before = stream_messages(&admin_js, names::STREAM_VOTES).await;
 
     // Everything else is refused. Each attempt gets its own client, so a
@@ -299,11 +307,14 @@ async fn reader_credential_is_confined_to_its_own_device() {
     )
     .await;
 
-    // 4. Reading what is not its own: every outcome, another reader's
-    //    outcomes, another user's replies, the raw taps of other devices.
+    // 4. Reading what is not its own: the vote stream's subjects (even for
+    //    its own reader), other devices' feedback, another user's replies,
+    //    the raw taps of other devices.
     for subject in [
         "tagpoll.outcomes.>",
-        "tagpoll.outcomes.*.tea",
+        "tagpoll.outcomes.*.coffee-left",
+        "tagpoll.feedback.>",
+        "tagpoll.feedback.hall-right.>",
         "_INBOX.identity.>",
     ] {
         let _sub = dev.subscribe(subject).await.unwrap();
@@ -389,7 +400,7 @@ async fn services_run_end_to_end_with_their_role_credentials() {
     let nats = DeployServer::start(dir.path(), "nats.conf", &[]);
     let url = nats.url();
     admin_load(dir.path(), &url, &[]);
-    let (dev_user, dev_password) = nats.add_device("hall-left", &["coffee-left", "tea"]);
+    let (dev_user, dev_password) = nats.add_device("hall-left");
 
     // Services log in as their roles, reading the password from a file
     // (NATS_PASSWORD_FILE) as they do in docker-compose.yml.
@@ -446,7 +457,7 @@ async fn services_run_end_to_end_with_their_role_credentials() {
     let js = async_nats::jetstream::new(reader.clone());
     tagpoll_bus::topology::ensure(&js).await.unwrap();
     let mut feedback = reader
-        .subscribe(subjects::outcomes_for_reader("coffee-left"))
+        .subscribe(subjects::feedback_for_device("hall-left"))
         .await
         .unwrap();
     reader.flush().await.unwrap();
@@ -460,9 +471,11 @@ async fn services_run_end_to_end_with_their_role_credentials() {
     .unwrap();
     let msg = tokio::time::timeout(Duration::from_secs(20), feedback.next())
         .await
-        .expect("an outcome reaches the reader device")
+        .expect("the tally's feedback reaches the reader device")
         .unwrap();
-    let o = v1::VoteOutcome::decode(msg.payload.as_ref()).unwrap();
+    let fb = v1::ReaderFeedback::decode(msg.payload.as_ref()).unwrap();
+    assert_eq!(fb.display_name, "Alice");
+    let o = fb.outcome.expect("feedback carries the outcome");
     assert_eq!(o.read_id, "roles-t1");
     assert_eq!(o.kind(), v1::OutcomeKind::Accepted, "{o:?}");
     assert_eq!(o.voter_id, "file:alice");

@@ -97,6 +97,10 @@ async fn taps_become_exact_counts_and_outcomes() {
     let client = bus.client().await;
     let js = async_nats::jetstream::new(client.clone());
     let mut outcomes = client.subscribe(subjects::OUTCOMES_ALL).await.unwrap();
+    let mut feedback = client
+        .subscribe(subjects::feedback_for_device("dev-a"))
+        .await
+        .unwrap();
     client.flush().await.unwrap();
 
     // (read id, device, reader, tag, expected outcome)
@@ -155,7 +159,26 @@ async fn taps_become_exact_counts_and_outcomes() {
     }
     assert_eq!(seen["t1"].voter_id, "file:alice");
     assert_eq!(seen["t3"].voter_id, "file:alice", "two tags, one person");
-    assert_eq!(seen["t1"].display_name, "Alice");
+    // The greeting goes to the tapping device only; the vote stream
+    // carries pseudonymous voter ids and no names.
+    let greeting = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let m = feedback.next().await.expect("feedback subscription ended");
+            let f = v1::ReaderFeedback::decode(m.payload.as_ref()).expect("feedback decodes");
+            let o = f.outcome.clone().expect("feedback carries its outcome");
+            if o.read_id == "t1" {
+                return (m.subject.to_string(), o, f.display_name);
+            }
+        }
+    })
+    .await
+    .expect("feedback for t1");
+    assert_eq!(greeting.0, "tagpoll.feedback.dev-a.yes-left");
+    assert_eq!(
+        greeting.1, seen["t1"],
+        "feedback carries the stored outcome"
+    );
+    assert_eq!(greeting.2, "Alice");
     assert!(seen["t5"].voter_id.starts_with("anon:"));
     assert!(
         !seen["t5"].voter_id.contains("DEADBEEF"),
@@ -203,13 +226,16 @@ async fn taps_become_exact_counts_and_outcomes() {
         .await;
     }
 
-    // Exactly one outcome per read, the re-sent one included.
-    let stream = js.get_stream(names::STREAM_VOTES).await.unwrap();
-    let mut stream = stream;
-    assert_eq!(
-        stream.info().await.unwrap().state.messages,
-        taps.len() as u64 + 1
-    );
+    // Exactly one outcome per read, the re-sent one included; no names.
+    let stored = stream_messages(&js, names::STREAM_VOTES).await;
+    assert_eq!(stored.len(), taps.len() + 1);
+    for (seq, payload) in &stored {
+        let text = String::from_utf8_lossy(payload);
+        assert!(
+            !text.contains("Alice") && !text.contains("Bob"),
+            "a name in vote #{seq}: {text:?}"
+        );
+    }
 
     // The rest of the public API.
     let (status, polls) = http_json(&format!("http://{http}/api/polls")).await;

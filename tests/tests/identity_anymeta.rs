@@ -63,17 +63,20 @@ async fn rig() -> Rig {
     }
 }
 
-async fn next_outcome(
+/// The tally's feedback for `read_id` (a subscription on
+/// `tagpoll.feedback.>`): the outcome and the voter's name.
+async fn next_feedback(
     sub: &mut async_nats::Subscriber,
     read_id: &str,
     limit: Duration,
-) -> v1::VoteOutcome {
+) -> (v1::VoteOutcome, String) {
     tokio::time::timeout(limit, async {
         loop {
-            let m = sub.next().await.expect("outcome subscription ended");
-            let o = v1::VoteOutcome::decode(m.payload.as_ref()).expect("outcome decodes");
+            let m = sub.next().await.expect("feedback subscription ended");
+            let f = v1::ReaderFeedback::decode(m.payload.as_ref()).expect("feedback decodes");
+            let o = f.outcome.expect("feedback carries its outcome");
             if o.read_id == read_id {
-                return o;
+                return (o, f.display_name);
             }
         }
     })
@@ -87,17 +90,17 @@ async fn a_person_with_two_tags_votes_once() {
     let r = rig().await;
     let _identity = identity(&r.bus, &anymeta_env(&r.fake), &[]);
     let _tally = r.bus.service("tagpoll-tally", &[], &[]);
-    let mut sub = r.client.subscribe(subjects::OUTCOMES_ALL).await.unwrap();
+    let mut sub = r.client.subscribe(subjects::FEEDBACK_ALL).await.unwrap();
     r.client.flush().await.unwrap();
 
     tap_at(&r.js, "ra", JAN_1, "jan-1").await;
-    let first = next_outcome(&mut sub, "jan-1", Duration::from_secs(20)).await;
+    let (first, name) = next_feedback(&mut sub, "jan-1", Duration::from_secs(20)).await;
     assert_eq!(first.kind(), v1::OutcomeKind::Accepted, "{first:?}");
     assert_eq!(first.voter_id, "anymeta:1234");
-    assert_eq!(first.display_name, "Jan Jansen");
+    assert_eq!(name, "Jan Jansen", "the reader greets the person");
 
     tap_at(&r.js, "rb", JAN_2, "jan-2").await;
-    let second = next_outcome(&mut sub, "jan-2", Duration::from_secs(20)).await;
+    let (second, _) = next_feedback(&mut sub, "jan-2", Duration::from_secs(20)).await;
     assert_eq!(second.kind(), v1::OutcomeKind::Duplicate, "{second:?}");
     assert_eq!(second.voter_id, "anymeta:1234", "the person, not the tag");
 
@@ -177,10 +180,11 @@ async fn unknown_tag_is_rejected_with_the_hint() {
     let r = rig().await;
     let _identity = identity(&r.bus, &anymeta_env(&r.fake), &[]);
     let _tally = r.bus.service("tagpoll-tally", &[], &[]);
-    let mut sub = r.client.subscribe(subjects::OUTCOMES_ALL).await.unwrap();
+    let mut sub = r.client.subscribe(subjects::FEEDBACK_ALL).await.unwrap();
     r.client.flush().await.unwrap();
     tap_at(&r.js, "ra", NOBODY, "who").await;
-    let o = next_outcome(&mut sub, "who", Duration::from_secs(20)).await;
+    let (o, name) = next_feedback(&mut sub, "who", Duration::from_secs(20)).await;
+    assert_eq!(name, "");
     assert_eq!(o.kind(), v1::OutcomeKind::Rejected);
     assert_eq!(o.reject_reason(), v1::RejectReason::UnknownTag);
     assert_eq!(o.hint, "Link your tag at the info desk.");

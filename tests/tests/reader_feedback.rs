@@ -1,8 +1,9 @@
-//! Feedback at the reader, through the real `tagpoll-reader` binary: an
-//! outcome published for one of its readers lights the SM130's outputs
-//! (Write Output bytes arrive on the pseudo-terminal, and are switched off
-//! again after a second) and runs the feedback hook with the outcome in its
-//! environment; readers without outputs (ID-12) get the hook only.
+//! Feedback at the reader, through the real `tagpoll-reader` binary: the
+//! tally's `ReaderFeedback` for a tap on this device lights the SM130's
+//! outputs (Write Output bytes arrive on the pseudo-terminal, and are
+//! switched off again after a second) and runs the feedback hook with the
+//! outcome and the voter's name in its environment; readers without outputs
+//! (ID-12) get the hook only. Feedback for another device is not seen.
 
 mod reader_support;
 
@@ -15,29 +16,41 @@ use tokio::io::AsyncReadExt;
 
 const DEVICE: &str = "foyer";
 
-fn outcome(reader: &str, kind: v1::OutcomeKind, reason: v1::RejectReason) -> v1::VoteOutcome {
-    v1::VoteOutcome {
-        read_id: format!("read-{reader}-{}", kind.as_str_name()),
-        device_id: DEVICE.into(),
-        reader_id: reader.into(),
-        poll_id: "drink".into(),
-        answer_id: "tea".into(),
-        kind: kind as i32,
-        reject_reason: reason as i32,
+fn outcome(reader: &str, kind: v1::OutcomeKind, reason: v1::RejectReason) -> v1::ReaderFeedback {
+    feedback_at(DEVICE, reader, kind, reason)
+}
+
+fn feedback_at(
+    device: &str,
+    reader: &str,
+    kind: v1::OutcomeKind,
+    reason: v1::RejectReason,
+) -> v1::ReaderFeedback {
+    v1::ReaderFeedback {
+        outcome: Some(v1::VoteOutcome {
+            read_id: format!("read-{reader}-{}", kind.as_str_name()),
+            device_id: device.into(),
+            reader_id: reader.into(),
+            poll_id: "drink".into(),
+            answer_id: "tea".into(),
+            kind: kind as i32,
+            reject_reason: reason as i32,
+            message: "counted".into(),
+            ..Default::default()
+        }),
         display_name: "Ada".into(),
-        message: "counted".into(),
-        ..Default::default()
     }
 }
 
-async fn publish(client: &async_nats::Client, o: &v1::VoteOutcome) {
+async fn publish(client: &async_nats::Client, f: &v1::ReaderFeedback) {
+    let o = f.outcome.as_ref().expect("outcome");
     client
         .publish(
-            subjects::outcome(&o.poll_id, &o.reader_id),
-            o.encode_to_vec().into(),
+            subjects::feedback(&o.device_id, &o.reader_id),
+            f.encode_to_vec().into(),
         )
         .await
-        .expect("publish outcome");
+        .expect("publish feedback");
     client.flush().await.expect("flush");
 }
 
@@ -53,7 +66,7 @@ fn hook_lines(path: &std::path::Path) -> Vec<String> {
 /// be in place yet) until the hook wrote `line`.
 async fn until_hooked(
     client: &async_nats::Client,
-    o: &v1::VoteOutcome,
+    o: &v1::ReaderFeedback,
     file: &std::path::Path,
     line: &str,
 ) {
@@ -161,20 +174,40 @@ async fn outcomes_light_the_sm130_and_run_the_hook() {
         sm130.wait_for_bytes(&sm130_output(bits), since).await;
     }
 
-    // An outcome at a reader of another device: neither signalled nor hooked.
+    // Feedback for another device, and a bare outcome on the vote stream's
+    // subject for our own reader: neither signalled nor hooked.
     publish(
         &client,
-        &outcome(
+        &feedback_at(
+            "hall",
             "elsewhere",
             v1::OutcomeKind::Accepted,
             v1::RejectReason::Unspecified,
         ),
     )
     .await;
+    let mut bare = outcome(
+        "door",
+        v1::OutcomeKind::Accepted,
+        v1::RejectReason::Unspecified,
+    )
+    .outcome
+    .unwrap();
+    bare.read_id = "bare-outcome".into();
+    client
+        .publish(
+            subjects::outcome(&bare.poll_id, &bare.reader_id),
+            bare.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let lines = hook_lines(&hook_file);
     assert!(
-        !lines.iter().any(|l| l.contains("|elsewhere|")),
+        !lines
+            .iter()
+            .any(|l| l.contains("|elsewhere|") || l.contains("bare-outcome")),
         "{lines:?}"
     );
     assert!(

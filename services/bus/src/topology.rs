@@ -23,13 +23,123 @@ pub fn replicas() -> usize {
         .unwrap_or(1)
 }
 
-fn stream_config(name: &str, subject: &str, description: &str) -> stream::Config {
+/// Days the vote stream is kept; `0` keeps it until the store is deleted.
+pub const RETENTION_DAYS_ENV: &str = "TAGPOLL_RETENTION_DAYS";
+/// Hours taps on their way to the tally (raw tag UIDs, voter names) are
+/// kept; `0` keeps them forever.
+pub const READS_RETENTION_HOURS_ENV: &str = "TAGPOLL_READS_RETENTION_HOURS";
+
+/// How long the streams keep what they store (their `max_age`), so personal
+/// data does not outlive the event by accident. [`Duration::ZERO`] = forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The hand-off streams `TAGPOLL_READS` (raw tag UIDs) and
+    /// `TAGPOLL_IDENTIFIED` (voter names): a tap is needed there only until
+    /// the tally has decided it, plus margin for an outage. Must not exceed
+    /// `votes`: the tally would re-decide an identified read whose decision
+    /// had expired.
+    pub reads: Duration,
+    /// `TAGPOLL_VOTES`, the vote log the counts are rebuilt from.
+    pub votes: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            reads: Duration::from_secs(48 * 3600),
+            votes: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// The shortest retention allowed: well above the duplicate window, so a
+/// re-sent tap is still recognised.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
+impl Retention {
+    /// From [`RETENTION_DAYS_ENV`] and [`READS_RETENTION_HOURS_ENV`];
+    /// unset means the defaults (30 days, 48 hours).
+    pub fn from_env() -> Result<Self, BusError> {
+        let get = |k| std::env::var(k).ok();
+        Self::parse(
+            get(RETENTION_DAYS_ENV).as_deref(),
+            get(READS_RETENTION_HOURS_ENV).as_deref(),
+        )
+        .map_err(|message| BusError::js("reading the retention settings", message))
+    }
+
+    /// Parses the two settings' values (decimal numbers); the error names
+    /// the variable and what is wrong with it.
+    pub fn parse(days: Option<&str>, reads_hours: Option<&str>) -> Result<Self, String> {
+        let mut r = Retention::default();
+        if let Some(v) = days {
+            r.votes = duration_of(RETENTION_DAYS_ENV, v, 24 * 3600)?;
+        }
+        if let Some(v) = reads_hours {
+            r.reads = duration_of(READS_RETENTION_HOURS_ENV, v, 3600)?;
+        }
+        let forever = Duration::MAX;
+        let or_forever = |d: Duration| if d.is_zero() { forever } else { d };
+        if or_forever(r.reads) > or_forever(r.votes) {
+            return Err(format!(
+                "{READS_RETENTION_HOURS_ENV} ({}) is longer than {RETENTION_DAYS_ENV} ({}): \
+                 taps in flight must not outlive the votes decided from them",
+                describe(r.reads),
+                describe(r.votes)
+            ));
+        }
+        Ok(r)
+    }
+
+    /// The `max_age` of stream `name` (zero for streams it does not govern).
+    pub fn max_age_of(&self, name: &str) -> Duration {
+        match name {
+            n if n == names::STREAM_READS || n == names::STREAM_IDENTIFIED => self.reads,
+            n if n == names::STREAM_VOTES => self.votes,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+fn describe(d: Duration) -> String {
+    if d.is_zero() {
+        "forever".into()
+    } else {
+        format!("{:.1} hours", d.as_secs_f64() / 3600.0)
+    }
+}
+
+fn duration_of(var: &str, value: &str, unit_secs: u64) -> Result<Duration, String> {
+    let n: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{var}={value:?} is not a number"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("{var}={value:?} must be 0 (keep forever) or more"));
+    }
+    let d = Duration::from_secs_f64((n * unit_secs as f64).min(1e12));
+    if !d.is_zero() && d < MIN_RETENTION {
+        return Err(format!(
+            "{var}={value:?} is shorter than the minimum of {} minutes (0 keeps forever)",
+            MIN_RETENTION.as_secs() / 60
+        ));
+    }
+    Ok(d)
+}
+
+fn stream_config(
+    name: &str,
+    subject: &str,
+    description: &str,
+    retention: &Retention,
+) -> stream::Config {
     stream::Config {
         name: name.to_string(),
         description: Some(description.to_string()),
         subjects: vec![subject.to_string()],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
+        max_age: retention.max_age_of(name),
         duplicate_window: DUPLICATE_WINDOW,
         num_replicas: replicas(),
         ..Default::default()
@@ -37,24 +147,71 @@ fn stream_config(name: &str, subject: &str, description: &str) -> stream::Config
 }
 
 /// The three streams a tap flows through, in order.
-pub fn stream_configs() -> Vec<stream::Config> {
+pub fn stream_configs(retention: &Retention) -> Vec<stream::Config> {
     vec![
         stream_config(
             names::STREAM_READS,
             subjects::READS_ALL,
             "Taps from reader devices, de-duplicated by read id",
+            retention,
         ),
         stream_config(
             names::STREAM_IDENTIFIED,
             subjects::IDENTIFIED_ALL,
             "Taps with their voter resolved",
+            retention,
         ),
         stream_config(
             names::STREAM_VOTES,
             subjects::OUTCOMES_ALL,
             "The vote stream: one outcome per identified read",
+            retention,
         ),
     ]
+}
+
+/// A stream whose `max_age` [`apply_retention`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionChange {
+    pub stream: String,
+    pub was: Duration,
+    pub now: Duration,
+}
+
+/// Brings the existing streams' `max_age` in line with `retention` (an
+/// admin's job: `tagpoll load` does it). Streams are created with it by
+/// [`ensure`]; this covers settings changed later.
+pub async fn apply_retention(
+    js: &jetstream::Context,
+    retention: &Retention,
+) -> Result<Vec<RetentionChange>, BusError> {
+    let mut changes = Vec::new();
+    for wanted in stream_configs(retention) {
+        let mut stream = js
+            .get_stream(&wanted.name)
+            .await
+            .map_err(|e| BusError::js(format!("looking up stream {}", wanted.name), e))?;
+        let mut config = stream
+            .info()
+            .await
+            .map_err(|e| BusError::js(format!("stream info of {}", wanted.name), e))?
+            .config
+            .clone();
+        if config.max_age == wanted.max_age {
+            continue;
+        }
+        let was = config.max_age;
+        config.max_age = wanted.max_age;
+        js.update_stream(&config)
+            .await
+            .map_err(|e| BusError::js(format!("setting the retention of {}", wanted.name), e))?;
+        changes.push(RetentionChange {
+            stream: wanted.name,
+            was,
+            now: wanted.max_age,
+        });
+    }
+    Ok(changes)
 }
 
 /// Last heartbeat per sender, in memory: no fsync for liveness data.
@@ -85,10 +242,11 @@ pub struct Buckets {
 pub const ENSURE_PATIENCE: Duration = Duration::from_secs(60);
 
 pub async fn ensure(js: &jetstream::Context) -> Result<Buckets, BusError> {
+    let retention = Retention::from_env()?;
     let deadline = tokio::time::Instant::now() + ENSURE_PATIENCE;
     let mut wait = Duration::from_millis(200);
     loop {
-        match ensure_once(js).await {
+        match ensure_once(js, &retention).await {
             Ok(b) => return Ok(b),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "JetStream not ready; retrying");
@@ -131,8 +289,8 @@ async fn results_bucket(js: &jetstream::Context) -> Result<kv::Store, BusError> 
     .await
 }
 
-async fn ensure_once(js: &jetstream::Context) -> Result<Buckets, BusError> {
-    for cfg in stream_configs()
+async fn ensure_once(js: &jetstream::Context, retention: &Retention) -> Result<Buckets, BusError> {
+    for cfg in stream_configs(retention)
         .into_iter()
         .chain([heartbeat_stream_config()])
     {
@@ -201,4 +359,68 @@ pub async fn ensure_identity_cache(
     })
     .await
     .map_err(|e| BusError::js(format!("creating KV bucket {name}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn retention_defaults_and_overrides() {
+        let d = Retention::parse(None, None).unwrap();
+        assert_eq!((d.votes, d.reads), (HOUR * 24 * 30, HOUR * 48));
+        let r = Retention::parse(Some("7"), Some("1.5")).unwrap();
+        assert_eq!((r.votes, r.reads), (HOUR * 24 * 7, HOUR * 3 / 2));
+        let forever = Retention::parse(Some("0"), Some(" 0 ")).unwrap();
+        assert_eq!(
+            (forever.votes, forever.reads),
+            (Duration::ZERO, Duration::ZERO)
+        );
+        assert_eq!(r.max_age_of(names::STREAM_READS), r.reads);
+        assert_eq!(r.max_age_of(names::STREAM_IDENTIFIED), r.reads);
+        assert_eq!(r.max_age_of(names::STREAM_VOTES), r.votes);
+        assert_eq!(r.max_age_of(names::STREAM_HEARTBEATS), Duration::ZERO);
+        let cfgs = stream_configs(&r);
+        assert_eq!(
+            cfgs.iter().map(|c| c.max_age).collect::<Vec<_>>(),
+            [r.reads, r.reads, r.votes]
+        );
+    }
+
+    #[test]
+    fn bad_retention_names_the_variable() {
+        for (days, hours, needle) in [
+            (
+                Some("a month"),
+                None,
+                "TAGPOLL_RETENTION_DAYS=\"a month\" is not a number",
+            ),
+            (Some("-1"), None, "TAGPOLL_RETENTION_DAYS=\"-1\" must be 0"),
+            (
+                Some("NaN"),
+                None,
+                "TAGPOLL_RETENTION_DAYS=\"NaN\" must be 0",
+            ),
+            (
+                None,
+                Some("0.5"),
+                "TAGPOLL_READS_RETENTION_HOURS=\"0.5\" is shorter",
+            ),
+            (
+                Some("1"),
+                Some("48"),
+                "TAGPOLL_READS_RETENTION_HOURS (48.0 hours) is longer",
+            ),
+            (
+                Some("1"),
+                Some("0"),
+                "(forever) is longer than TAGPOLL_RETENTION_DAYS",
+            ),
+        ] {
+            let e = Retention::parse(days, hours).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
 }

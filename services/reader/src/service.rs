@@ -532,61 +532,65 @@ pub fn reject_reason_name(reason: v1::RejectReason) -> String {
     }
 }
 
-/// The environment the feedback hook runs with, one outcome at one of our readers.
-pub fn feedback_env(device_id: &str, outcome: &v1::VoteOutcome) -> Vec<(&'static str, String)> {
+/// The environment the feedback hook runs with, for one tap on this device.
+pub fn feedback_env(device_id: &str, feedback: &v1::ReaderFeedback) -> Vec<(&'static str, String)> {
+    let outcome = feedback.outcome.clone().unwrap_or_default();
     vec![
         ("TAGPOLL_DEVICE", device_id.to_string()),
-        ("TAGPOLL_READER", outcome.reader_id.clone()),
         ("TAGPOLL_OUTCOME", outcome_name(outcome.kind()).to_string()),
         (
             "TAGPOLL_REASON",
             reject_reason_name(outcome.reject_reason()),
         ),
-        ("TAGPOLL_POLL", outcome.poll_id.clone()),
-        ("TAGPOLL_ANSWER", outcome.answer_id.clone()),
-        (
-            "TAGPOLL_PREVIOUS_ANSWER",
-            outcome.previous_answer_id.clone(),
-        ),
-        ("TAGPOLL_READ_ID", outcome.read_id.clone()),
-        ("TAGPOLL_MESSAGE", outcome.message.clone()),
-        ("TAGPOLL_HINT", outcome.hint.clone()),
-        ("TAGPOLL_VOTER_NAME", outcome.display_name.clone()),
+        ("TAGPOLL_READER", outcome.reader_id),
+        ("TAGPOLL_POLL", outcome.poll_id),
+        ("TAGPOLL_ANSWER", outcome.answer_id),
+        ("TAGPOLL_PREVIOUS_ANSWER", outcome.previous_answer_id),
+        ("TAGPOLL_READ_ID", outcome.read_id),
+        ("TAGPOLL_MESSAGE", outcome.message),
+        ("TAGPOLL_HINT", outcome.hint),
+        ("TAGPOLL_VOTER_NAME", feedback.display_name.clone()),
     ]
 }
 
 /// How long the feedback hook may run before it is killed.
 pub const FEEDBACK_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Listens to outcomes at our readers and signals them to the voter: the
-/// reader's own outputs where the protocol has them (SM130), and the
-/// feedback hook (`sh -c COMMAND`, see [`feedback_env`]) for every outcome.
+/// Listens to the tally's feedback for taps on this device and signals it
+/// to the voter: the reader's own outputs where the protocol has them
+/// (SM130), and the feedback hook (`sh -c COMMAND`, see [`feedback_env`])
+/// for every tap.
 async fn feedback_loop(
     client: async_nats::Client,
     device_id: String,
     readers: BTreeMap<String, mpsc::Sender<Feedback>>,
     command: Option<String>,
 ) {
-    let mut subs = futures::stream::SelectAll::new();
-    for reader in readers.keys() {
-        match client
-            .subscribe(subjects::outcomes_for_reader(reader))
-            .await
-        {
-            Ok(s) => subs.push(s),
-            Err(e) => tracing::error!(reader, error = %e, "cannot subscribe to feedback"),
+    let mut sub = match client
+        .subscribe(subjects::feedback_for_device(&device_id))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            // Keep the service up for its main job, taking taps.
+            tracing::error!(error = %e, "cannot subscribe to feedback; reader feedback is off");
+            return std::future::pending::<()>().await;
         }
-    }
-    while let Some(msg) = subs.next().await {
-        let outcome = match v1::VoteOutcome::decode(msg.payload.as_ref()) {
-            Ok(o) => o,
+    };
+    while let Some(msg) = sub.next().await {
+        let feedback = match v1::ReaderFeedback::decode(msg.payload.as_ref()) {
+            Ok(f) => f,
             Err(e) => {
-                tracing::warn!(subject = %msg.subject, error = %e, "outcome is not a VoteOutcome");
+                tracing::warn!(subject = %msg.subject, error = %e, "feedback is not a ReaderFeedback");
                 continue;
             }
         };
+        let Some(outcome) = &feedback.outcome else {
+            tracing::warn!(subject = %msg.subject, "feedback without an outcome");
+            continue;
+        };
         let fb = feedback_for(outcome.kind());
-        tracing::debug!(reader = %outcome.reader_id, read_id = %outcome.read_id, ?fb, "outcome");
+        tracing::debug!(reader = %outcome.reader_id, read_id = %outcome.read_id, ?fb, "feedback");
         if let Some(tx) = readers.get(&outcome.reader_id) {
             let _ = tx.try_send(fb);
         }
@@ -594,7 +598,7 @@ async fn feedback_loop(
             let status = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(cmd)
-                .envs(feedback_env(&device_id, &outcome))
+                .envs(feedback_env(&device_id, &feedback))
                 .stdin(std::process::Stdio::null())
                 .kill_on_drop(true)
                 .status();
@@ -606,9 +610,7 @@ async fn feedback_loop(
             }
         }
     }
-    // Every subscription is gone (or none could be made): keep the service up
-    // for its main job, taking taps.
-    tracing::error!("no outcome subscriptions left; reader feedback is off");
+    tracing::error!("feedback subscription ended; reader feedback is off");
     std::future::pending::<()>().await;
 }
 

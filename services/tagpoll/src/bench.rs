@@ -358,7 +358,7 @@ async fn baseline(url: &str, n: u64, payload_bytes: usize) -> Result<f64, BenchE
     let producer = async_nats::connect(url).await.map_err(other)?;
     let reader = async_nats::connect(url).await.map_err(other)?;
     let js = jetstream::new(producer);
-    let mut cfg = tagpoll_bus::topology::stream_configs().remove(0);
+    let mut cfg = tagpoll_bus::topology::stream_configs(&Default::default()).remove(0);
     cfg.name = "BENCH_BASELINE".into();
     cfg.subjects = vec!["bench.baseline".into()];
     js.create_stream(cfg).await.map_err(other)?;

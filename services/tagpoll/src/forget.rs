@@ -5,8 +5,9 @@
 //! the person under `forgotten.*` in KV `tagpoll_config`, so exports show
 //! their votes as `forgotten` even with `--voter-ids`. The vote stream
 //! itself is append-only and keeps the pseudonymous outcome (counts must
-//! stay reproducible); it never held a name or a raw tag UID beyond the
-//! kiosk greeting, see docs/security.md.
+//! stay reproducible); it never holds a name or a raw tag UID. Names live
+//! only in the hand-off stream TAGPOLL_IDENTIFIED, which expires after
+//! `TAGPOLL_READS_RETENTION_HOURS` (docs/security.md).
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;

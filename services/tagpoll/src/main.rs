@@ -217,6 +217,15 @@ async fn main() -> anyhow::Result<()> {
             let e = read_event(&file)?;
             let bus = bus().await?;
             let r = store::load(&bus.buckets.config, &e).await?;
+            let retention = tagpoll_bus::topology::Retention::from_env()?;
+            for c in tagpoll_bus::topology::apply_retention(&bus.js, &retention).await? {
+                println!(
+                    "retention of {}: {} (was {})",
+                    c.stream,
+                    show::retention(c.now),
+                    show::retention(c.was)
+                );
+            }
             println!(
                 "loaded {}: {} new and {} updated polls, {} readers ({} removed), {} tags ({} removed)",
                 file.display(),

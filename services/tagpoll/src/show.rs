@@ -118,8 +118,38 @@ pub fn state_label(state: v1::PollState) -> &'static str {
     }
 }
 
+/// A stream's `max_age` as an organiser reads it: "30 days", "48 hours",
+/// "forever".
+pub fn retention(max_age: std::time::Duration) -> String {
+    let secs = max_age.as_secs_f64();
+    if max_age.is_zero() {
+        "forever".into()
+    } else if secs >= 2.0 * 86_400.0 {
+        format!("{} days", trim(secs / 86_400.0))
+    } else {
+        format!("{} hours", trim(secs / 3600.0))
+    }
+}
+
+fn trim(n: f64) -> String {
+    let s = format!("{n:.1}");
+    s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn retention_reads_like_the_settings() {
+        use std::time::Duration;
+        assert_eq!(super::retention(Duration::ZERO), "forever");
+        assert_eq!(
+            super::retention(Duration::from_secs(30 * 86_400)),
+            "30 days"
+        );
+        assert_eq!(super::retention(Duration::from_secs(48 * 3600)), "2 days");
+        assert_eq!(super::retention(Duration::from_secs(5400)), "1.5 hours");
+    }
+
     use super::*;
 
     #[test]

@@ -49,7 +49,6 @@ pub fn decide(
     };
     if let Some(v) = voter {
         out.voter_id = v.voter_id.clone();
-        out.display_name = v.display_name.clone();
     }
     let (poll, answer_id) = match config.target(&read.reader_id) {
         ReaderTarget::Unmapped => {

@@ -10,7 +10,10 @@
 //!   "first vote stands" depends on order);
 //! - each outcome is published with `Nats-Msg-Id` = read id; publishes are
 //!   pipelined, and any failure (or an ack saying another decision was
-//!   stored) makes the service rebuild from the vote stream and resume.
+//!   stored) makes the service rebuild from the vote stream and resume;
+//! - once an outcome is stored, it goes with the voter's name (which the
+//!   vote stream never carries) to the tapping reader as core-NATS
+//!   `ReaderFeedback`.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -174,6 +177,8 @@ pub async fn run(
 /// An outcome on its way into the vote stream.
 struct InFlight {
     outcome: v1::VoteOutcome,
+    /// The voter's name, for the reader's feedback only (never stored).
+    display_name: String,
     ack: PublishAckFuture,
 }
 
@@ -267,7 +272,15 @@ async fn decide_loop(
         )
         .await?;
         tracing::debug!(read_id = %outcome.read_id, seq, kind = ?outcome.kind(), "decided");
-        in_flight.push_back(InFlight { outcome, ack });
+        let display_name = match read.identity {
+            Some(v1::identified_read::Identity::Voter(v)) => v.display_name,
+            _ => String::new(),
+        };
+        in_flight.push_back(InFlight {
+            outcome,
+            display_name,
+            ack,
+        });
     }
 }
 
@@ -330,6 +343,20 @@ async fn settle(
         votes_seq = ack.sequence,
         "outcome stored"
     );
+    // Only now, so a reader never signals a vote that is not stored.
+    // Core NATS, at most once: a lost feedback costs a blink, not a vote.
+    let subject = subjects::feedback(&f.outcome.device_id, &f.outcome.reader_id);
+    let feedback = v1::ReaderFeedback {
+        outcome: Some(f.outcome),
+        display_name: f.display_name,
+    };
+    if let Err(e) = js
+        .client()
+        .publish(subject, feedback.encode_to_vec().into())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot send reader feedback");
+    }
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! The kiosk next to a reader: what the reader stands for, and what became
 //! of each tap there, said to the person who just tapped.
 //!
-//! Outcomes come from a core NATS subscription on
-//! `tagpoll.outcomes.*.{reader}` per connected kiosk: the subscription lives
+//! Outcomes come with the voter's name as the tally's `ReaderFeedback`, from
+//! a core NATS subscription on `tagpoll.feedback.*.{reader}` per connected
+//! kiosk (the vote stream carries no names): the subscription lives
 //! exactly as long as the kiosk's event stream, and no tap at another reader
 //! ever reaches it. The words are chosen here (tested in Rust); the page only
 //! shows them.
@@ -131,8 +132,8 @@ fn with_name(word: &str, name: &str) -> String {
     }
 }
 
-/// What the kiosk tells the person who just tapped.
-pub fn outcome_json(config: &EventConfig, o: &v1::VoteOutcome) -> OutcomeJson {
+/// What the kiosk tells the person who just tapped, greeted as `name`.
+pub fn outcome_json(config: &EventConfig, o: &v1::VoteOutcome, name: &str) -> OutcomeJson {
     let poll = config.polls.get(&o.poll_id);
     let label_of = |answer: &str| {
         if answer.is_empty() {
@@ -143,7 +144,6 @@ pub fn outcome_json(config: &EventConfig, o: &v1::VoteOutcome) -> OutcomeJson {
     };
     let answer_label = label_of(&o.answer_id);
     let previous_answer_label = label_of(&o.previous_answer_id);
-    let name = o.display_name.clone();
     let hint = if !o.hint.is_empty() {
         o.hint.clone()
     } else {
@@ -156,13 +156,13 @@ pub fn outcome_json(config: &EventConfig, o: &v1::VoteOutcome) -> OutcomeJson {
     };
     let (headline, detail) = match (o.kind(), o.reject_reason()) {
         (OutcomeKind::Accepted, _) => (
-            format!("{} — you voted {answer_label}", with_name("Thanks", &name)),
+            format!("{} — you voted {answer_label}", with_name("Thanks", name)),
             poll.map(|p| p.question.clone()).unwrap_or_default(),
         ),
         (OutcomeKind::Changed, _) => (
             format!(
                 "{} — you changed your vote to {answer_label}",
-                with_name("Thanks", &name)
+                with_name("Thanks", name)
             ),
             if previous_answer_label.is_empty() {
                 String::new()
@@ -171,7 +171,7 @@ pub fn outcome_json(config: &EventConfig, o: &v1::VoteOutcome) -> OutcomeJson {
             },
         ),
         (OutcomeKind::Duplicate, _) => (
-            format!("{} — you already voted", with_name("Hi", &name)),
+            format!("{} — you already voted", with_name("Hi", name)),
             if o.message.is_empty() {
                 "Your earlier vote still counts.".to_string()
             } else {
@@ -185,7 +185,7 @@ pub fn outcome_json(config: &EventConfig, o: &v1::VoteOutcome) -> OutcomeJson {
                 .unwrap_or_default(),
         ),
         (_, RejectReason::TooManyChoices) => (
-            format!("{} — you used all your choices", with_name("Sorry", &name)),
+            format!("{} — you used all your choices", with_name("Sorry", name)),
             o.message.clone(),
         ),
         (_, RejectReason::ReaderNotMapped | RejectReason::UnknownPoll) => (
@@ -202,7 +202,7 @@ pub fn outcome_json(config: &EventConfig, o: &v1::VoteOutcome) -> OutcomeJson {
         answer_label,
         kind: kind_name(o.kind()),
         reject_reason: reason_name(o.reject_reason()),
-        name,
+        name: name.to_string(),
         previous_answer: o.previous_answer_id.clone(),
         previous_answer_label,
         headline,
@@ -244,7 +244,7 @@ pub async fn events(
     let outcomes = state
         .view
         .client
-        .subscribe(subjects::outcomes_for_reader(&reader))
+        .subscribe(subjects::feedback_for_reader(&reader))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -257,10 +257,11 @@ pub async fn events(
     let config = state.view.config.clone();
     let metrics = state.metrics.clone();
     let outcome_events = outcomes.filter_map(move |msg| {
-        let event = tagpoll_bus::decode::<v1::VoteOutcome>(&msg.subject, &msg.payload)
+        let event = tagpoll_bus::decode::<v1::ReaderFeedback>(&msg.subject, &msg.payload)
             .ok()
-            .and_then(|o| {
-                let json = outcome_json(&config.borrow(), &o);
+            .and_then(|f| {
+                let o = f.outcome?;
+                let json = outcome_json(&config.borrow(), &o, &f.display_name);
                 Event::default().event("outcome").json_data(json).ok()
             });
         if event.is_some() {
@@ -340,7 +341,6 @@ mod tests {
             answer_id: "yes".into(),
             kind: kind as i32,
             reject_reason: reason as i32,
-            display_name: "Alice".into(),
             voter_id: "file:alice".into(),
             ..Default::default()
         }
@@ -365,7 +365,12 @@ mod tests {
     fn kiosk_words_for_each_outcome() {
         let c = config();
         let say = |o: v1::VoteOutcome| {
-            let j = outcome_json(&c, &o);
+            let name = if o.reject_reason() == RejectReason::UnknownTag {
+                ""
+            } else {
+                "Alice"
+            };
+            let j = outcome_json(&c, &o, name);
             (j.headline, j.detail)
         };
         let (h, _) = say(outcome(OutcomeKind::Accepted, RejectReason::Unspecified));
@@ -378,7 +383,6 @@ mod tests {
         let (h, _) = say(outcome(OutcomeKind::Duplicate, RejectReason::Unspecified));
         assert_eq!(h, "Hi, Alice — you already voted");
         let mut unknown = outcome(OutcomeKind::Rejected, RejectReason::UnknownTag);
-        unknown.display_name.clear();
         let (h, d) = say(unknown.clone());
         assert_eq!(
             (h.as_str(), d.as_str()),
@@ -391,6 +395,7 @@ mod tests {
         let j = outcome_json(
             &c,
             &outcome(OutcomeKind::Rejected, RejectReason::UnknownTag),
+            "",
         );
         assert_eq!((j.kind, j.reject_reason), ("rejected", Some("unknown_tag")));
         let json = serde_json::to_value(&j).unwrap();

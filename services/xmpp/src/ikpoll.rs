@@ -23,7 +23,7 @@
 //! </rsp>
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tagpoll_proto::v1::{self, OutcomeKind};
@@ -83,12 +83,12 @@ fn pct(count: u64, total: u64) -> String {
     }
 }
 
-/// The `<rsp/>` item payload for a counted vote. Person fields (`title` =
-/// the voter's display name) only when `personal`; `image`, `works_for` and
+/// The `<rsp/>` item payload for a counted vote. The person's `title` is
+/// `voter_name` (empty unless personal mode is on); `image`, `works_for` and
 /// `rfid_tag` are always empty (tag UIDs never leave the identity service,
 /// and tagpoll has no pictures). Counts are left empty for a poll whose
 /// results are hidden.
-pub fn vote_payload(o: &v1::VoteOutcome, s: &PollSnapshot, personal: bool) -> Element {
+pub fn vote_payload(o: &v1::VoteOutcome, s: &PollSnapshot, voter_name: &str) -> Element {
     let t = |name: &str, text: &str| text_element(name, NS_NONE, text);
     let mut vote = element("vote", NS_NONE);
     let time = o
@@ -115,7 +115,7 @@ pub fn vote_payload(o: &v1::VoteOutcome, s: &PollSnapshot, personal: bool) -> El
     }
 
     let mut person = element("person", NS_NONE);
-    person.append_child(t("title", if personal { &o.display_name } else { "" }));
+    person.append_child(t("title", voter_name));
     person.append_child(t("image", ""));
     person.append_child(t("works_for", ""));
 
@@ -151,6 +151,51 @@ pub fn vote_payload(o: &v1::VoteOutcome, s: &PollSnapshot, personal: bool) -> El
     rsp.append_child(person);
     rsp.append_child(question);
     rsp
+}
+
+/// Voter names by read id, for personal mode: the vote stream carries no
+/// names, so they come from the tally's reader feedback (core NATS) and wait
+/// here until their vote goes out. Bounded: the oldest are dropped first.
+#[derive(Debug, Default)]
+pub struct VoterNames {
+    names: HashMap<String, String>,
+    order: VecDeque<String>,
+}
+
+/// At most this many names wait for their votes.
+pub const MAX_NAMES: usize = 10_000;
+
+impl VoterNames {
+    pub fn insert(&mut self, read_id: String, name: String) {
+        if name.is_empty() {
+            return;
+        }
+        if self.names.insert(read_id.clone(), name).is_none() {
+            self.order.push_back(read_id);
+        }
+        while self.order.len() > MAX_NAMES {
+            if let Some(old) = self.order.pop_front() {
+                self.names.remove(&old);
+            }
+        }
+    }
+
+    /// The name for `read_id`, forgotten once taken; empty if none came.
+    pub fn take(&mut self, read_id: &str) -> String {
+        let name = self.names.remove(read_id).unwrap_or_default();
+        if !name.is_empty() {
+            self.order.retain(|r| r != read_id);
+        }
+        name
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 /// A vote waiting for results that include it.
@@ -227,7 +272,6 @@ mod tests {
             kind: kind as i32,
             previous_answer_id: previous.into(),
             voter_id: "file:alice".into(),
-            display_name: "Alice".into(),
             read_at: Some(prost_types::Timestamp {
                 seconds: 1_700_000_000,
                 nanos: 5,
@@ -252,7 +296,7 @@ mod tests {
     fn payload_has_ikpoll_shape() {
         let s = snapshot(Some(&rt::def(false)), Some(&rt::stored(2, 3, 1, 9))).unwrap();
         let o = outcome(OutcomeKind::Accepted, "tea", "");
-        let e = vote_payload(&o, &s, true);
+        let e = vote_payload(&o, &s, "Alice");
         assert_eq!(e.name(), "rsp");
         assert_eq!(e.ns(), "");
         let names: Vec<&str> = e.children().map(|c| c.name()).collect();
@@ -305,16 +349,32 @@ mod tests {
     fn personal_fields_only_when_opted_in() {
         let s = snapshot(Some(&rt::def(false)), None).unwrap();
         let o = outcome(OutcomeKind::Accepted, "tea", "");
-        let e = vote_payload(&o, &s, false);
+        let e = vote_payload(&o, &s, "");
         assert_eq!(text(&e, &["person", "title"]), "");
         assert_eq!(text(&e, &["person", "image"]), "");
         assert!(!crate::xml::to_xml(&e).contains("Alice"));
     }
 
     #[test]
+    fn names_wait_for_their_vote_and_are_bounded() {
+        let mut n = VoterNames::default();
+        n.insert("r1".into(), "Alice".into());
+        n.insert("r2".into(), String::new());
+        assert_eq!(n.len(), 1, "empty names are not kept");
+        assert_eq!(n.take("r1"), "Alice");
+        assert_eq!(n.take("r1"), "", "taken once");
+        for i in 0..MAX_NAMES + 5 {
+            n.insert(format!("x{i}"), "X".into());
+        }
+        assert_eq!(n.len(), MAX_NAMES);
+        assert_eq!(n.take("x0"), "", "the oldest went first");
+        assert_eq!(n.take(&format!("x{}", MAX_NAMES + 4)), "X");
+    }
+
+    #[test]
     fn hidden_results_leave_counts_empty() {
         let s = snapshot(Some(&rt::def(true)), Some(&rt::stored(2, 3, 1, 9))).unwrap();
-        let e = vote_payload(&outcome(OutcomeKind::Accepted, "tea", ""), &s, false);
+        let e = vote_payload(&outcome(OutcomeKind::Accepted, "tea", ""), &s, "");
         assert_eq!(text(&e, &["question", "total_votes"]), "");
         let xml = crate::xml::to_xml(&e);
         assert!(!xml.contains("<count>3"), "{xml}");

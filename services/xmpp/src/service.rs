@@ -4,7 +4,9 @@
 //! `tagpoll_results`, read at start, after every XMPP reconnect and after
 //! every NATS reconnect), the event config (KV `tagpoll_config`, followed),
 //! vote outcomes (an ordered consumer on TAGPOLL_VOTES, only with ikPoll
-//! notifications on) and the XMPP client's events. Outputs: jobs in the
+//! notifications on), voter names from the tally's reader feedback on
+//! `tagpoll.feedback.>` (only in ikPoll's personal mode) and the XMPP
+//! client's events. Outputs: jobs in the
 //! [`Outbox`] and `XmppNotification`s on `tagpoll.xmpp.in.{node}`.
 //!
 //! One task owns all state; nothing here waits for XMPP answers (the
@@ -43,6 +45,8 @@ enum Input {
     Stored(Vec<v1::PollResults>),
     /// A vote outcome and its stream sequence.
     Outcome(u64, Box<v1::VoteOutcome>),
+    /// A voter's name for a read id (personal mode).
+    Name { read_id: String, name: String },
 }
 
 /// Runs the bridge until the XMPP client or a NATS subscription ends for good.
@@ -91,7 +95,16 @@ pub async fn run(
         inputs_tx.clone(),
     ));
     tokio::spawn(watch_nats_reconnects(client.clone(), reload.clone()));
-    if cfg.ikpoll.is_some() {
+    if let Some(ik) = &cfg.ikpoll {
+        if ik.personal {
+            // Subscribed before the vote stream is followed, so a name is
+            // here before (or with) its vote.
+            let names = client
+                .subscribe(subjects::FEEDBACK_ALL)
+                .await
+                .map_err(|e| anyhow::anyhow!("subscribing to {}: {e}", subjects::FEEDBACK_ALL))?;
+            tokio::spawn(follow_names(names, inputs_tx.clone()));
+        }
         tokio::spawn(follow_outcomes(js, inputs_tx.clone()));
     }
 
@@ -105,6 +118,7 @@ pub async fn run(
         config: config.borrow().clone(),
         results: HashMap::new(),
         holds: VoteHold::default(),
+        names: ikpoll::VoterNames::default(),
         listeners: Vec::new(),
         stats,
         warned_no_event: false,
@@ -125,6 +139,7 @@ struct Bridge {
     results: HashMap<String, v1::PollResults>,
     coalescer: Coalescer,
     holds: VoteHold,
+    names: ikpoll::VoterNames,
     listeners: Vec<tokio::task::JoinHandle<()>>,
     stats: Arc<Stats>,
     warned_no_event: bool,
@@ -159,6 +174,7 @@ impl Bridge {
                 i = inputs.recv() => match i {
                     Some(Input::Stored(all)) => all.into_iter().for_each(|r| self.on_results(r)),
                     Some(Input::Outcome(seq, o)) => self.holds.push(seq, *o, Instant::now()),
+                    Some(Input::Name { read_id, name }) => self.names.insert(read_id, name),
                     None => anyhow::bail!("input tasks ended"),
                 },
                 changed = config.changed(), if config_open => {
@@ -365,7 +381,12 @@ impl Bridge {
                 continue;
             };
             let counts = ikpoll::counts_with_vote(&s, &o, included);
-            let payload = ikpoll::vote_payload(&o, &counts, ik.personal);
+            let name = if ik.personal {
+                self.names.take(&o.read_id)
+            } else {
+                String::new()
+            };
+            let payload = ikpoll::vote_payload(&o, &counts, &name);
             self.outbox.put_vote(Job {
                 node,
                 item_id: o.read_id.clone(),
@@ -445,6 +466,29 @@ async fn watch_nats_reconnects(client: async_nats::Client, reload: Arc<tokio::sy
             reload.notify_one();
         }
     }
+}
+
+/// Passes voter names from the tally's reader feedback to the bridge.
+async fn follow_names(mut feedback: async_nats::Subscriber, out: mpsc::Sender<Input>) {
+    while let Some(m) = feedback.next().await {
+        match tagpoll_bus::decode::<v1::ReaderFeedback>(&m.subject, &m.payload) {
+            Ok(v1::ReaderFeedback {
+                outcome: Some(o),
+                display_name,
+            }) if ikpoll::is_notified(&o) && !display_name.is_empty() => {
+                let name = Input::Name {
+                    read_id: o.read_id,
+                    name: display_name,
+                };
+                if out.send(name).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "skipping undecodable reader feedback"),
+        }
+    }
+    tracing::warn!("feedback subscription ended; personal votes go out without names");
 }
 
 /// Follows the vote stream from "new" with an ordered consumer; after an
