@@ -26,14 +26,12 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid tagpoll --home-dir /var/lib/tagpoll \
         --create-home --shell /usr/sbin/nologin tagpoll
 COPY --from=build /out/ /usr/local/bin/
-COPY deploy/docker/entrypoint.sh /usr/local/bin/tagpoll-entrypoint
 COPY deploy/docker/healthcheck.sh /usr/local/bin/tagpoll-healthcheck
 COPY examples/event.toml /usr/share/tagpoll/event.toml
-RUN chmod 0755 /usr/local/bin/tagpoll-entrypoint /usr/local/bin/tagpoll-healthcheck \
+RUN chmod 0755 /usr/local/bin/tagpoll-healthcheck \
  && install -d -o tagpoll -g tagpoll /var/lib/tagpoll/spool
 USER tagpoll:tagpoll
 WORKDIR /var/lib/tagpoll
 ENV RUST_LOG=info,async_nats=warn \
     NATS_URL=nats://nats:4222
-ENTRYPOINT ["tagpoll-entrypoint"]
 CMD ["tagpoll", "--help"]

@@ -57,7 +57,7 @@ answer = "yes"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_close_and_remap_take_effect_live_through_commands() {
-    let bus = TestBus::start();
+    let mut bus = TestBus::start();
     ok(&bus.cli(&["load", &write_file(&bus, "event.toml", CONTROL_EVENT)]));
     let metrics_addr = format!("127.0.0.1:{}", tagpoll::nats_server::free_port().unwrap());
     let _identity = bus.service("tagpoll-identity", &[], &[]);
@@ -182,6 +182,53 @@ async fn open_close_and_remap_take_effect_live_through_commands() {
     assert_eq!(json["votes"][1]["reason"], "poll_closed");
     let bad = bus.cli(&["export", "p", "--format", "xml"]);
     assert!(!bad.status.success());
+
+    // The container health check: /healthz is 200 while the tally is
+    // connected, 503 naming the cause once NATS is gone.
+    let health = |addr: String| async move {
+        let r = http_client()
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((r.status().as_u16(), r.text().await.unwrap_or_default()))
+    };
+    assert_eq!(
+        health(metrics_addr.clone()).await.unwrap(),
+        (200, "ok\n".to_string())
+    );
+    // The image's health check script, as docker-compose.yml runs it.
+    let port = metrics_addr.rsplit_once(':').unwrap().1.to_string();
+    let hc = || {
+        std::process::Command::new("bash")
+            .arg(tagpoll_tests::cluster::repo_root().join("deploy/docker/healthcheck.sh"))
+            .args(["http", &port, "/healthz"])
+            .output()
+            .unwrap()
+    };
+    assert!(hc().status.success(), "healthcheck.sh passes");
+    bus.server.stop();
+    eventually(
+        Duration::from_secs(15),
+        "tally unhealthy without NATS",
+        || {
+            let addr = metrics_addr.clone();
+            async move {
+                match health(addr).await? {
+                    (503, body) if body.contains("not connected to NATS") => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let out = hc();
+    assert!(!out.status.success(), "healthcheck.sh fails without NATS");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not connected to NATS"),
+        "and says why: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 const CRASH_EVENT: &str = r#"

@@ -237,6 +237,53 @@ async fn admin_routes_refuse_missing_and_wrong_tokens() {
     assert_eq!(status, 200, "{st}");
     assert_eq!(st["polls"][0]["run"], 0);
 
+    // The token from a file (a docker or systemd secret) wins over the variable.
+    let token_file = stack.bus.path().join("admin-token");
+    std::fs::write(&token_file, "token-from-a-file\n").unwrap();
+    let port = tagpoll::nats_server::free_port().unwrap();
+    let http = format!("127.0.0.1:{port}");
+    let _web_file = stack.bus.service(
+        "tagpoll-web",
+        &["--http", &http],
+        &[("TAGPOLL_ADMIN_TOKEN_FILE", token_file.to_str().unwrap())],
+    );
+    let from_file = format!("http://{http}");
+    wait_http_ok(&format!("{from_file}/healthz")).await;
+    for (token, expected) in [("token-from-a-file", 200), (TEST_ADMIN_TOKEN, 401)] {
+        let resp = http_client()
+            .get(format!("{from_file}/api/admin/status"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), expected, "token {token:?}");
+    }
+    // An unreadable token file stops the service at start, naming the variable.
+    let mut env = stack.bus.env();
+    env.push((
+        "TAGPOLL_ADMIN_TOKEN_FILE".into(),
+        stack.bus.path().join("missing").display().to_string(),
+    ));
+    let mut child = std::process::Command::new(binary("tagpoll-web"))
+        .args(["--http", "127.0.0.1:0"])
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(Duration::from_secs(10), "tagpoll-web to refuse", || {
+        let status = child.try_wait().unwrap();
+        async move { status.ok_or_else(|| "still running".to_string()) }
+    })
+    .await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!exited.success());
+    assert!(
+        stderr.contains("TAGPOLL_ADMIN_TOKEN_FILE=") && stderr.contains("cannot read the token"),
+        "{stderr}"
+    );
+
     // A web service started without a token serves the public API but no admin call.
     let port = tagpoll::nats_server::free_port().unwrap();
     let http = format!("127.0.0.1:{port}");

@@ -116,8 +116,31 @@ pub fn render(hb: &v1::Heartbeat) -> String {
     out
 }
 
-/// Serves `GET /metrics` from the latest heartbeat if `TAGPOLL_METRICS_ADDR`
-/// is set; logs and gives up if the address cannot be bound.
+/// Whether the process behind `hb` (its latest heartbeat) is healthy: its
+/// heartbeat task is alive (the heartbeat is fresh, which a stuck runtime
+/// or a closed client stops) and it is connected to NATS. The reason why
+/// not, otherwise. Container health checks ask this on `GET /healthz`.
+pub fn health(hb: &v1::Heartbeat, now: std::time::SystemTime) -> Result<(), String> {
+    if hb.sent_at.is_none() {
+        return Err("starting: no heartbeat yet".into());
+    }
+    if !crate::heartbeat::is_online(hb, now) {
+        let age = hb
+            .sent_at
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .map_or_else(|| "?".to_string(), |d| d.as_secs().to_string());
+        return Err(format!("no heartbeat for {age} s: the service is stuck"));
+    }
+    if !hb.nats_connected {
+        return Err("not connected to NATS".into());
+    }
+    Ok(())
+}
+
+/// Serves `GET /metrics` (and `GET /healthz`, see [`health`]) from the
+/// latest heartbeat if `TAGPOLL_METRICS_ADDR` is set; logs and gives up if
+/// the address cannot be bound.
 pub fn serve_from_env(latest: watch::Receiver<v1::Heartbeat>) {
     let Ok(addr) = std::env::var(ENV_ADDR) else {
         return;
@@ -157,8 +180,16 @@ pub fn serve_from_env(latest: watch::Receiver<v1::Heartbeat>) {
                 let head = String::from_utf8_lossy(&buf[..len]);
                 let (status, body) = if head.starts_with("GET /metrics ") {
                     ("200 OK", render(&latest.borrow()))
+                } else if head.starts_with("GET /healthz ") {
+                    match health(&latest.borrow(), std::time::SystemTime::now()) {
+                        Ok(()) => ("200 OK", "ok\n".to_string()),
+                        Err(why) => ("503 Service Unavailable", format!("{why}\n")),
+                    }
                 } else {
-                    ("404 Not Found", "only GET /metrics here\n".to_string())
+                    (
+                        "404 Not Found",
+                        "only GET /metrics and GET /healthz here\n".to_string(),
+                    )
                 };
                 let reply = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -173,6 +204,32 @@ pub fn serve_from_env(latest: watch::Receiver<v1::Heartbeat>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthy_only_with_a_fresh_heartbeat_and_nats() {
+        use std::time::{Duration, SystemTime};
+        let now = SystemTime::now();
+        let hb = |age: u64, connected: bool| v1::Heartbeat {
+            sent_at: Some(tagpoll_proto::timestamp(now - Duration::from_secs(age))),
+            interval_secs: 2,
+            nats_connected: connected,
+            ..Default::default()
+        };
+        assert_eq!(health(&hb(1, true), now), Ok(()));
+        assert_eq!(
+            health(&hb(1, false), now),
+            Err("not connected to NATS".into())
+        );
+        assert_eq!(
+            health(&hb(30, true), now),
+            Err("no heartbeat for 30 s: the service is stuck".into())
+        );
+        assert!(
+            health(&v1::Heartbeat::default(), now)
+                .unwrap_err()
+                .starts_with("starting")
+        );
+    }
 
     #[test]
     fn renders_device_metrics() {
