@@ -1,7 +1,7 @@
 //! The fault test: 20,000 taps from several simulated devices while each
 //! service, a reader device and the nats-server (or one node of a 3-node
-//! cluster) are SIGKILLed and restarted in turn; afterwards nothing is lost
-//! or doubled (`tagpoll chaos`).
+//! cluster) are SIGKILLed and restarted in turn and the fake anyMeta goes
+//! down for a while; afterwards nothing is lost or doubled (`tagpoll chaos`).
 
 use tagpoll_tests::cli_with_env;
 
@@ -46,6 +46,10 @@ fn chaos(what: &str, extra: &[&str]) -> serde_json::Value {
         "{report}"
     );
     assert_eq!(report["counts_match"], true);
+    assert!(
+        report["anymeta_answers"].as_u64().unwrap() > 0,
+        "identity asked the fake anyMeta: {report}"
+    );
     assert!(out.status.success(), "{stderr}");
     report
 }
@@ -63,7 +67,14 @@ fn faults(report: &serde_json::Value) -> Vec<String> {
 fn chaos_run_loses_and_doubles_nothing() {
     let report = chaos("one nats-server", &[]);
     let faults = faults(&report);
-    for kind in ["tally", "identity", "chaos-", "web", "nats-server"] {
+    for kind in [
+        "tally",
+        "identity",
+        "chaos-",
+        "web",
+        "anyMeta",
+        "nats-server",
+    ] {
         assert!(
             faults.iter().any(|f| f.contains(kind)),
             "no {kind} fault in {faults:?}"

@@ -88,7 +88,7 @@ async fn next_feedback(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_with_two_tags_votes_once() {
     let r = rig().await;
-    let _identity = identity(&r.bus, &anymeta_env(&r.fake), &[]);
+    let _identity = identity(&r.bus, &r.fake.service_env(), &[]);
     let _tally = r.bus.service("tagpoll-tally", &[], &[]);
     let mut sub = r.client.subscribe(subjects::FEEDBACK_ALL).await.unwrap();
     r.client.flush().await.unwrap();
@@ -129,7 +129,7 @@ async fn a_person_with_two_tags_votes_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_person_profile_and_cache() {
     let r = rig().await;
-    let _identity = identity(&r.bus, &anymeta_env(&r.fake), &[]);
+    let _identity = identity(&r.bus, &r.fake.service_env(), &[]);
     tap_at(&r.js, "ra", JAN_1, "h-1").await;
     wait_len(&r.js, names::STREAM_IDENTIFIED, 1, Duration::from_secs(20)).await;
     tap_at(&r.js, "rb", JAN_1, "h-2").await;
@@ -178,7 +178,7 @@ async fn happy_path_person_profile_and_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_tag_is_rejected_with_the_hint() {
     let r = rig().await;
-    let _identity = identity(&r.bus, &anymeta_env(&r.fake), &[]);
+    let _identity = identity(&r.bus, &r.fake.service_env(), &[]);
     let _tally = r.bus.service("tagpoll-tally", &[], &[]);
     let mut sub = r.client.subscribe(subjects::FEEDBACK_ALL).await.unwrap();
     r.client.flush().await.unwrap();
@@ -202,7 +202,7 @@ async fn unknown_tag_is_rejected_with_the_hint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_keep_reads_until_the_config_is_fixed() {
     let r = rig().await;
-    let mut env = anymeta_env(&r.fake);
+    let mut env = r.fake.service_env();
     for (k, v) in env.iter_mut() {
         if k == "TAGPOLL_ANYMETA_TOKEN_SECRET" {
             *v = "not the secret".into();
@@ -239,7 +239,7 @@ async fn bad_credentials_keep_reads_until_the_config_is_fixed() {
     );
     wrong.stop();
 
-    let _fixed = identity(&r.bus, &anymeta_env(&r.fake), &[]);
+    let _fixed = identity(&r.bus, &r.fake.service_env(), &[]);
     wait_len(&r.js, names::STREAM_IDENTIFIED, 3, Duration::from_secs(20)).await;
     let ids = identified(&r.js).await;
     let want: Vec<String> = (0..3).map(|i| format!("cred-{i}")).collect();
@@ -268,7 +268,7 @@ async fn bad_credentials_keep_reads_until_the_config_is_fixed() {
 async fn malformed_answers_are_retried() {
     let r = rig().await;
     r.fake.malformed_next(3);
-    let _identity = identity(&r.bus, &anymeta_env(&r.fake), &[]);
+    let _identity = identity(&r.bus, &r.fake.service_env(), &[]);
     tap_at(&r.js, "ra", JAN_1, "mal-1").await;
     wait_len(&r.js, names::STREAM_IDENTIFIED, 1, Duration::from_secs(20)).await;
     let ids = identified(&r.js).await;
@@ -288,7 +288,7 @@ async fn malformed_answers_are_retried() {
 async fn outage_then_recovery(down: bool) {
     const TAGS: u32 = 8;
     let r = rig().await;
-    let _identity = identity(&r.bus, &anymeta_env(&r.fake), &[]);
+    let _identity = identity(&r.bus, &r.fake.service_env(), &[]);
     let _tally = r.bus.service("tagpoll-tally", &[], &[]);
     let uid = |t: u32| (0xA000_0000u32 + t).to_be_bytes();
     for t in 0..TAGS {
@@ -385,7 +385,7 @@ async fn a_retried_tap_is_not_overtaken_by_a_later_tap_of_the_same_tag() {
     let r = rig().await;
     let identity = identity(
         &r.bus,
-        &anymeta_env(&r.fake),
+        &r.fake.service_env(),
         &[
             ("TAGPOLL_ANYMETA_RETRIES", "0"),
             ("TAGPOLL_ANYMETA_BREAKER_FAILURES", "100"),

@@ -92,7 +92,7 @@ async fn configured_anymeta_is_asked_first_even_when_the_event_does_not_name_it(
     let fake = FakeAnyMeta::start().await;
     fake.add_person("04A1B2C3", 77, "Alice on anyMeta");
     let csv = write_file(&bus, "people.csv", CSV);
-    let _identity = identity(&bus, &anymeta_env(&fake), &[("TAGPOLL_IDENTITY_CSV", &csv)]);
+    let _identity = identity(&bus, &fake.service_env(), &[("TAGPOLL_IDENTITY_CSV", &csv)]);
     let got = identify_all(&bus, &[(ALICE, "alice"), (BOB, "bob"), (CAROL, "carol")]).await;
     assert_eq!(voter_of(&got["alice"]), "anymeta:77");
     // Unknown to anyMeta: on down the event's chain.

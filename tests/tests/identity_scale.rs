@@ -50,7 +50,7 @@ async fn two_instances_share_the_load_and_keep_per_tag_order() {
     for t in 0..TAGS {
         fake.add_person(&hex::encode_upper(uid(t)), 500 + t, &format!("Person {t}"));
     }
-    let env = anymeta_env(&fake);
+    let env = fake.service_env();
     // Small batches and concurrency, so both instances get reads to work on.
     let small = [("TAGPOLL_IDENTITY_CONCURRENCY", "16")];
     let _one = identity(&bus, &env, &small);

@@ -210,6 +210,19 @@ impl FakeAnyMeta {
         AnyMetaClient::new(config).expect("fake anyMeta: client config")
     }
 
+    /// The environment that points a `tagpoll-identity` process at this fake
+    /// (entry point and OAuth credentials, as `TAGPOLL_ANYMETA_*`).
+    pub fn service_env(&self) -> Vec<(String, String)> {
+        let c = self.credentials();
+        vec![
+            ("TAGPOLL_ANYMETA_ENTRYPOINT".into(), self.entrypoint()),
+            ("TAGPOLL_ANYMETA_CONSUMER_KEY".into(), c.consumer_key),
+            ("TAGPOLL_ANYMETA_CONSUMER_SECRET".into(), c.consumer_secret),
+            ("TAGPOLL_ANYMETA_TOKEN".into(), c.token),
+            ("TAGPOLL_ANYMETA_TOKEN_SECRET".into(), c.token_secret),
+        ]
+    }
+
     /// Links a tag (hex UID, any case) to a person; the answer is
     /// `{"rsc_id": rsc_id, "id": rsc_id, "title": title}`.
     pub fn add_person(&self, uid_hex: &str, rsc_id: impl Into<Value>, title: &str) {

@@ -579,27 +579,8 @@ async fn identity_new_tags(
             .await?;
     }
     let before = info(js, names::STREAM_IDENTIFIED).await?;
-    let cfg = fake.config();
     let mut env = env.to_vec();
-    env.extend([
-        (
-            "TAGPOLL_ANYMETA_ENTRYPOINT".to_string(),
-            cfg.entrypoint.clone(),
-        ),
-        (
-            "TAGPOLL_ANYMETA_CONSUMER_KEY".to_string(),
-            cfg.consumer_key.clone(),
-        ),
-        (
-            "TAGPOLL_ANYMETA_CONSUMER_SECRET".to_string(),
-            cfg.consumer_secret.clone(),
-        ),
-        ("TAGPOLL_ANYMETA_TOKEN".to_string(), cfg.token.clone()),
-        (
-            "TAGPOLL_ANYMETA_TOKEN_SECRET".to_string(),
-            cfg.token_secret.clone(),
-        ),
-    ]);
+    env.extend(fake.service_env());
     let mut p = ServiceProcess::new("tagpoll-identity", &[], &env, logs)?;
     let start = Instant::now();
     p.start()?;

@@ -4,9 +4,11 @@
 //! Everything runs on loopback: a private nats-server (or a 3-node cluster),
 //! identity, tally, web, and several simulated reader devices in planned
 //! mode (`--sim-taps`), so the driver knows exactly which taps each device
-//! makes. While they tap, the driver SIGKILLs and restarts each service in
-//! turn, a reader device, and the nats-server (or one cluster node). At the
-//! end it compares:
+//! makes, and a fake anyMeta that knows two thirds of the tags (pairs of
+//! them belong to one person; the rest vote anonymously). While they tap,
+//! the driver SIGKILLs and restarts each service in turn, a reader device,
+//! and the nats-server (or one cluster node), and takes the fake anyMeta
+//! down for a while. At the end it compares:
 //! - the taps in `TAGPOLL_READS` with the planned ones (lost: missing;
 //!   doubled: stored twice),
 //! - the outcomes in `TAGPOLL_VOTES` with the stored reads (exactly one each),
@@ -15,6 +17,8 @@
 //! The event's polls let every voter pick every answer (multiple choice), so
 //! the reference count — distinct (voter, poll, answer) — does not depend on
 //! the order in which crashes made the services decide reads.
+//! Voters are what identity would make of each tag: the anyMeta person
+//! owning it, or the tag itself (anonymous).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -25,6 +29,7 @@ use prost::Message;
 use serde::Serialize;
 use tagpoll_bus::nats_server::{NatsCluster, NatsServer, ServerOptions};
 use tagpoll_bus::process::ServiceProcess;
+use tagpoll_identity::fake_anymeta::FakeAnyMeta;
 use tagpoll_proto::{names, v1};
 use tagpoll_tally::reference::{Model, ModelRules};
 
@@ -103,6 +108,9 @@ pub struct ChaosReport {
     pub doubled: u64,
     pub counts_match: bool,
     pub faults: Vec<String>,
+    /// Lookups the fake anyMeta answered (tags seen for the first time, and
+    /// again after the cache's answer expired).
+    pub anymeta_answers: u64,
     pub duration_s: f64,
     pub cluster_nodes: u32,
 }
@@ -129,7 +137,7 @@ fn err(e: impl std::fmt::Display) -> ChaosError {
 const EVENT: &str = r#"
 [event]
 id = "chaos"
-identity = ["anonymous"]
+identity = ["anymeta", "anonymous"]
 
 [[polls]]
 id = "pick2"
@@ -180,6 +188,32 @@ struct Planned {
 
 fn device_id(d: u32) -> String {
     format!("chaos-{d}")
+}
+
+/// Who anyMeta says owns each tag of every device's crowd (hex UID →
+/// person id): of every three tags, two belong to one person and the third
+/// is unknown to anyMeta (an anonymous voter).
+fn people(opts: &ChaosOptions) -> HashMap<String, u64> {
+    let mut owners = HashMap::new();
+    let mut n = 0u64;
+    for d in 0..opts.devices {
+        for uid in tagpoll_reader::sim::crowd(opts.seed + u64::from(d), opts.crowd) {
+            if n % 3 != 2 {
+                owners.insert(hex::encode_upper(&uid), 1000 + n / 3);
+            }
+            n += 1;
+        }
+    }
+    owners
+}
+
+/// The voter identity would make of a tag, for the reference count.
+fn voter_of(owners: &HashMap<String, u64>, uid: &[u8]) -> String {
+    let hex = hex::encode_upper(uid);
+    match owners.get(&hex) {
+        Some(person) => format!("anymeta:{person}"),
+        None => format!("anon:{hex}"),
+    }
 }
 
 fn plan(opts: &ChaosOptions, readers: &[String]) -> HashMap<String, Planned> {
@@ -260,8 +294,14 @@ pub async fn run(
     let per_device = opts.taps / u64::from(opts.devices);
     let taps = per_device * u64::from(opts.devices);
     let planned = plan(opts, &readers);
+    let owners = people(opts);
+    let anymeta = FakeAnyMeta::start().await;
+    anymeta.set_latency(Duration::from_millis(2));
+    for (uid, person) in &owners {
+        anymeta.add_person(uid, *person, &format!("Person {person}"));
+    }
 
-    let env = vec![
+    let mut env = vec![
         ("NATS_URL".to_string(), url.clone()),
         (
             "TAGPOLL_REPLICAS".to_string(),
@@ -272,7 +312,20 @@ pub async fn run(
             "chaos-voter-key-0123456789abcdef".to_string(),
         ),
         ("RUST_LOG".to_string(), "warn".to_string()),
+        // Notice an anyMeta outage and its end within a second.
+        ("TAGPOLL_ANYMETA_TIMEOUT_MS".to_string(), "1000".to_string()),
+        ("TAGPOLL_ANYMETA_RETRIES".to_string(), "1".to_string()),
+        (
+            "TAGPOLL_ANYMETA_BREAKER_COOLDOWN_MS".to_string(),
+            "500".to_string(),
+        ),
+        ("TAGPOLL_IDENTITY_RETRY_MS".to_string(), "200".to_string()),
+        (
+            "TAGPOLL_IDENTITY_RETRY_MAX_MS".to_string(),
+            "1000".to_string(),
+        ),
     ];
+    env.extend(anymeta.service_env());
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).map_err(err)?;
     let web_port = tagpoll_bus::nats_server::free_port().map_err(err)?;
@@ -326,6 +379,7 @@ pub async fn run(
         "identity",
         "reader",
         "web",
+        "anymeta",
         "nats-server",
         "tally",
         "identity",
@@ -339,6 +393,13 @@ pub async fn run(
             "tally" => restart("tally", &mut services.tally, down).await?,
             "identity" => restart("identity", &mut services.identity, down).await?,
             "web" => restart("web", &mut services.web, down).await?,
+            "anymeta" => {
+                let outage = down * 4;
+                anymeta.go_down().await;
+                tokio::time::sleep(outage).await;
+                anymeta.come_up().await;
+                format!("anyMeta down for {} ms", outage.as_millis())
+            }
             "reader" => {
                 let d = (k as u32) % opts.devices;
                 restart(&device_id(d), &mut services.readers[d as usize], down).await?
@@ -381,7 +442,8 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let report = verdict(&js, opts, taps, &planned, &event, faults, started).await?;
+    let mut report = verdict(&js, opts, taps, &planned, &owners, &event, faults, started).await?;
+    report.anymeta_answers = anymeta.total_answered() as u64;
     drop(services);
     server.stop();
     if !report.passed() {
@@ -420,11 +482,13 @@ async fn messages(js: &jetstream::Context, stream: &str) -> Result<u64, ChaosErr
     Err(err(format!("stream {stream} unreachable")))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn verdict(
     js: &jetstream::Context,
     opts: &ChaosOptions,
     taps: u64,
     planned: &HashMap<String, Planned>,
+    owners: &HashMap<String, u64>,
     event: &crate::event::Event,
     faults: Vec<String>,
     started: Instant,
@@ -495,11 +559,7 @@ async fn verdict(
     let mut planned_order: Vec<(&String, &Planned)> = planned.iter().collect();
     planned_order.sort_by(|a, b| a.0.cmp(b.0));
     for (id, p) in planned_order {
-        model.tap(
-            id,
-            &p.reader,
-            Some(&format!("anon:{}", hex::encode(&p.uid))),
-        );
+        model.tap(id, &p.reader, Some(&voter_of(owners, &p.uid)));
     }
     let kv = js.get_key_value(names::KV_RESULTS).await.map_err(err)?;
     let mut counts_match = true;
@@ -540,6 +600,7 @@ async fn verdict(
         doubled,
         counts_match,
         faults,
+        anymeta_answers: 0,
         duration_s: started.elapsed().as_secs_f64(),
         cluster_nodes: opts.cluster.max(1) as u32,
     })
@@ -556,6 +617,7 @@ pub fn render(r: &ChaosReport) -> String {
     out.push_str(&format!("lost            {}\n", r.lost));
     out.push_str(&format!("doubled         {}\n", r.doubled));
     out.push_str(&format!("counts match    {}\n", r.counts_match));
+    out.push_str(&format!("anyMeta answers {}\n", r.anymeta_answers));
     out.push_str("faults:\n");
     for f in &r.faults {
         out.push_str(&format!("  {f}\n"));

@@ -285,7 +285,9 @@ async fn main() -> anyhow::Result<()> {
                 devices,
                 rate,
                 seed,
-                crowd: 300,
+                // About four taps per person: repeats exercise the rules,
+                // and new tags keep arriving during the anyMeta outage.
+                crowd: ((taps / u64::from(devices)) / 4).max(50) as usize,
                 cluster,
             };
             let report = tagpoll::chaos::run(&opts, |line| eprintln!("chaos: {line}")).await?;

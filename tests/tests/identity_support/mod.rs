@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message;
-use tagpoll_identity::fake_anymeta::FakeAnyMeta;
 use tagpoll_tests::*;
 
 /// Settings that make failures show up and heal within a test's patience.
@@ -20,18 +19,6 @@ pub const FAST: &[(&str, &str)] = &[
     ("TAGPOLL_IDENTITY_RETRY_MAX_MS", "1000"),
     ("RUST_LOG", "info,async_nats=warn,tagpoll_identity=debug"),
 ];
-
-/// The anyMeta variables pointing at `fake` with its valid credentials.
-pub fn anymeta_env(fake: &FakeAnyMeta) -> Vec<(String, String)> {
-    let c = fake.credentials();
-    vec![
-        ("TAGPOLL_ANYMETA_ENTRYPOINT".into(), fake.entrypoint()),
-        ("TAGPOLL_ANYMETA_CONSUMER_KEY".into(), c.consumer_key),
-        ("TAGPOLL_ANYMETA_CONSUMER_SECRET".into(), c.consumer_secret),
-        ("TAGPOLL_ANYMETA_TOKEN".into(), c.token),
-        ("TAGPOLL_ANYMETA_TOKEN_SECRET".into(), c.token_secret),
-    ]
-}
 
 /// Starts `tagpoll-identity` with the fast settings, `env` and then `extra` on top.
 pub fn identity(
