@@ -24,6 +24,13 @@ pub fn read(device: &str, reader: &str) -> String {
     format!("tagpoll.reads.{device}.{reader}")
 }
 
+/// The device and reader a tap subject names (`tagpoll.reads.{device}.{reader}`).
+pub fn parse_read(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix("tagpoll.reads.")?;
+    let (device, reader) = rest.split_once('.')?;
+    (!device.is_empty() && !reader.is_empty() && !reader.contains('.')).then_some((device, reader))
+}
+
 /// An identified tap at `reader` on `device`.
 pub fn identified(device: &str, reader: &str) -> String {
     format!("tagpoll.identified.{device}.{reader}")
@@ -109,6 +116,15 @@ mod tests {
         assert_eq!(outcome("", "r1"), "tagpoll.outcomes._.r1");
         assert_eq!(results("p"), "tagpoll.results.p");
         assert_eq!(feedback("dev1", "r1"), "tagpoll.feedback.dev1.r1");
+        assert_eq!(parse_read(&read("dev1", "r1")), Some(("dev1", "r1")));
+        for bad in [
+            "tagpoll.reads.dev1",
+            "tagpoll.reads.a.b.c",
+            "tagpoll.reads..r",
+            "x.reads.a.b",
+        ] {
+            assert_eq!(parse_read(bad), None, "{bad}");
+        }
         assert_eq!(feedback_for_device("dev1"), "tagpoll.feedback.dev1.>");
         assert_eq!(feedback_for_reader("r1"), "tagpoll.feedback.*.r1");
         for s in [read("a", "b"), outcome("a", "b"), results("a")] {

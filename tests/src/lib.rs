@@ -72,6 +72,9 @@ impl TestBus {
             ("TAGPOLL_VOTER_KEY".into(), TEST_VOTER_KEY.into()),
             ("TAGPOLL_ADMIN_TOKEN".into(), TEST_ADMIN_TOKEN.into()),
             ("RUST_LOG".into(), "info,async_nats=warn".into()),
+            // An error a service exits with stays one readable line in its
+            // log (panics still get their backtrace from RUST_BACKTRACE).
+            ("RUST_LIB_BACKTRACE".into(), "0".into()),
         ]
     }
 

@@ -123,3 +123,37 @@ async fn a_broken_csv_file_stops_the_service_with_line_numbers() {
         "{err}"
     );
 }
+
+/// A tap whose body names another device (or reader) than the subject it
+/// was published on: the subject, which NATS permissions check, wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subject_not_the_body_says_which_device_tapped() {
+    let bus = TestBus::start();
+    load(&bus, EVENT);
+    let _identity = identity(&bus, &[], &[]);
+    let js = async_nats::jetstream::new(bus.client().await);
+    let forged = v1::TagRead {
+        read_id: "forged".into(),
+        device_id: "someone-else".into(),
+        reader_id: "elsewhere".into(),
+        tag_uid: ALICE.to_vec(),
+        technology: v1::TagTechnology::Simulated as i32,
+        read_at: Some(tagpoll_proto::now()),
+        device_seq: 0,
+    };
+    tagpoll_bus::publish::publish_for_read(
+        &js,
+        subjects::read("dev", "ra"),
+        "forged",
+        prost::Message::encode_to_vec(&forged).into(),
+    )
+    .await
+    .unwrap();
+    wait_len(&js, names::STREAM_IDENTIFIED, 1, Duration::from_secs(20)).await;
+    let got = identified(&js).await;
+    assert_eq!(
+        (got[0].device_id.as_str(), got[0].reader_id.as_str()),
+        ("dev", "ra")
+    );
+    assert_eq!(voter_of(&got[0]), "file:alice");
+}

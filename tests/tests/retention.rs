@@ -2,7 +2,8 @@
 //! `TAGPOLL_RETENTION_DAYS` (the vote stream) and
 //! `TAGPOLL_READS_RETENTION_HOURS` (taps in flight: raw reads, identified
 //! reads), 30 days and 48 hours when unset; `tagpoll load` brings existing streams in line
-//! when the settings change, and a bad value is refused naming the variable.
+//! with the settings given (never with defaults, so an upgrade shortens
+//! nothing), and a bad value is refused naming the variable.
 
 use std::time::Duration;
 
@@ -72,6 +73,16 @@ async fn load_sets_and_changes_the_streams_retention() {
     }
     assert_eq!(max_ages(&js).await, [HOUR * 12, HOUR * 12, Duration::ZERO]);
 
+    // A load without the settings (an upgrade, a reload) changes nothing:
+    // the defaults only apply to streams being created.
+    let out = load(&bus, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("retention of"), "{}", text(&out));
+    // One setting given: only the streams it governs change.
+    let out = load(&bus, &[("TAGPOLL_RETENTION_DAYS", "90")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(max_ages(&js).await, [HOUR * 12, HOUR * 12, HOUR * 24 * 90]);
+
     // A bad value changes nothing and says which variable is wrong.
     for (var, value, needle) in [
         (
@@ -87,7 +98,7 @@ async fn load_sets_and_changes_the_streams_retention() {
         (
             "TAGPOLL_RETENTION_DAYS",
             "1",
-            "TAGPOLL_READS_RETENTION_HOURS (48.0 hours) is longer than TAGPOLL_RETENTION_DAYS",
+            "TAGPOLL_READS_RETENTION_HOURS (48.0 hours) must be at least an hour shorter than TAGPOLL_RETENTION_DAYS",
         ),
     ] {
         let out = load(&bus, &[(var, value)]);
@@ -95,5 +106,5 @@ async fn load_sets_and_changes_the_streams_retention() {
         let said = text(&out);
         assert!(said.contains(needle), "{said}");
     }
-    assert_eq!(max_ages(&js).await, [HOUR * 12, HOUR * 12, Duration::ZERO]);
+    assert_eq!(max_ages(&js).await, [HOUR * 12, HOUR * 12, HOUR * 24 * 90]);
 }

@@ -41,6 +41,11 @@ pub struct Retention {
     pub reads: Duration,
     /// `TAGPOLL_VOTES`, the vote log the counts are rebuilt from.
     pub votes: Duration,
+    /// Whether `reads` / `votes` were given (not defaulted): only given
+    /// settings are applied to streams that exist already, so an upgrade
+    /// never shortens a running event's retention by surprise.
+    pub reads_given: bool,
+    pub votes_given: bool,
 }
 
 impl Default for Retention {
@@ -48,6 +53,8 @@ impl Default for Retention {
         Retention {
             reads: Duration::from_secs(48 * 3600),
             votes: Duration::from_secs(30 * 24 * 3600),
+            reads_given: false,
+            votes_given: false,
         }
     }
 }
@@ -58,9 +65,9 @@ pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
 impl Retention {
     /// From [`RETENTION_DAYS_ENV`] and [`READS_RETENTION_HOURS_ENV`];
-    /// unset means the defaults (30 days, 48 hours).
+    /// unset or empty means the defaults (30 days, 48 hours).
     pub fn from_env() -> Result<Self, BusError> {
-        let get = |k| std::env::var(k).ok();
+        let get = |k| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Self::parse(
             get(RETENTION_DAYS_ENV).as_deref(),
             get(READS_RETENTION_HOURS_ENV).as_deref(),
@@ -74,16 +81,20 @@ impl Retention {
         let mut r = Retention::default();
         if let Some(v) = days {
             r.votes = duration_of(RETENTION_DAYS_ENV, v, 24 * 3600)?;
+            r.votes_given = true;
         }
         if let Some(v) = reads_hours {
             r.reads = duration_of(READS_RETENTION_HOURS_ENV, v, 3600)?;
+            r.reads_given = true;
         }
-        let forever = Duration::MAX;
-        let or_forever = |d: Duration| if d.is_zero() { forever } else { d };
-        if or_forever(r.reads) > or_forever(r.votes) {
+        // A margin of an hour: an identified read must expire before the
+        // outcome decided from it, even with expiry timers firing late.
+        let or_forever = |d: Duration| if d.is_zero() { Duration::MAX } else { d };
+        if or_forever(r.reads).saturating_add(MIN_RETENTION) > or_forever(r.votes) {
             return Err(format!(
-                "{READS_RETENTION_HOURS_ENV} ({}) is longer than {RETENTION_DAYS_ENV} ({}): \
-                 taps in flight must not outlive the votes decided from them",
+                "{READS_RETENTION_HOURS_ENV} ({}) must be at least an hour shorter than \
+                 {RETENTION_DAYS_ENV} ({}): taps in flight must not outlive the votes \
+                 decided from them",
                 describe(r.reads),
                 describe(r.votes)
             ));
@@ -178,15 +189,24 @@ pub struct RetentionChange {
     pub now: Duration,
 }
 
-/// Brings the existing streams' `max_age` in line with `retention` (an
-/// admin's job: `tagpoll load` does it). Streams are created with it by
-/// [`ensure`]; this covers settings changed later.
+/// Brings the existing streams' `max_age` in line with the settings given
+/// in `retention` (an admin's job: `tagpoll load` does it). Streams are
+/// created with it by [`ensure`]; this covers settings changed later.
+/// Defaulted settings change nothing.
 pub async fn apply_retention(
     js: &jetstream::Context,
     retention: &Retention,
 ) -> Result<Vec<RetentionChange>, BusError> {
     let mut changes = Vec::new();
     for wanted in stream_configs(retention) {
+        let given = if wanted.name == names::STREAM_VOTES {
+            retention.votes_given
+        } else {
+            retention.reads_given
+        };
+        if !given {
+            continue;
+        }
         let mut stream = js
             .get_stream(&wanted.name)
             .await
@@ -371,8 +391,13 @@ mod tests {
     fn retention_defaults_and_overrides() {
         let d = Retention::parse(None, None).unwrap();
         assert_eq!((d.votes, d.reads), (HOUR * 24 * 30, HOUR * 48));
+        assert!(!d.reads_given && !d.votes_given);
         let r = Retention::parse(Some("7"), Some("1.5")).unwrap();
         assert_eq!((r.votes, r.reads), (HOUR * 24 * 7, HOUR * 3 / 2));
+        assert!(r.reads_given && r.votes_given);
+        let votes_forever = Retention::parse(Some("0"), None).unwrap();
+        assert_eq!(votes_forever.reads, HOUR * 48);
+        assert!(!votes_forever.reads_given && votes_forever.votes_given);
         let forever = Retention::parse(Some("0"), Some(" 0 ")).unwrap();
         assert_eq!(
             (forever.votes, forever.reads),
@@ -411,12 +436,17 @@ mod tests {
             (
                 Some("1"),
                 Some("48"),
-                "TAGPOLL_READS_RETENTION_HOURS (48.0 hours) is longer",
+                "(48.0 hours) must be at least an hour shorter",
+            ),
+            (
+                Some("1"),
+                Some("23.5"),
+                "(23.5 hours) must be at least an hour shorter",
             ),
             (
                 Some("1"),
                 Some("0"),
-                "(forever) is longer than TAGPOLL_RETENTION_DAYS",
+                "(forever) must be at least an hour shorter",
             ),
         ] {
             let e = Retention::parse(days, hours).unwrap_err();

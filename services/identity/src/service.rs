@@ -212,7 +212,7 @@ impl Pipeline<'_> {
                 return;
             }
         };
-        let read: v1::TagRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
+        let mut read: v1::TagRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
             Ok(r) => r,
             Err(e) => {
                 // Poison message: retrying cannot help. Terminate it, loudly.
@@ -223,6 +223,23 @@ impl Pipeline<'_> {
                 return;
             }
         };
+        // The subject is what NATS permissions check (a reader box may publish
+        // only under its own device id); the body is whatever the box wrote.
+        // A box must not get votes, or another box's feedback, by writing
+        // another device into the body: the subject wins.
+        if let Some((device, reader)) = subjects::parse_read(&msg.subject)
+            && (read.device_id != device || read.reader_id != reader)
+        {
+            tracing::warn!(
+                subject = %msg.subject,
+                body_device = %read.device_id,
+                body_reader = %read.reader_id,
+                read_id = %read.read_id,
+                "a tap names another device or reader than its subject; using the subject's"
+            );
+            read.device_id = device.to_string();
+            read.reader_id = reader.to_string();
+        }
         let span = tracing::info_span!(
             "identify",
             read_id = %read.read_id,

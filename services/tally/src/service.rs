@@ -15,12 +15,14 @@
 //!   vote stream never carries) to the tapping reader as core-NATS
 //!   `ReaderFeedback`.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, consumer, context::PublishAckFuture, kv};
-use futures::StreamExt;
+use async_nats::jetstream::{self, consumer, kv};
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use tagpoll_bus::{BusError, config::EventConfig, heartbeat::Stats, publish};
 use tagpoll_proto::{names, subjects, v1};
@@ -174,13 +176,19 @@ pub async fn run(
     result
 }
 
-/// An outcome on its way into the vote stream.
-struct InFlight {
+/// An outcome whose publish ack has come back (or failed).
+struct Acked {
     outcome: v1::VoteOutcome,
     /// The voter's name, for the reader's feedback only (never stored).
     display_name: String,
-    ack: PublishAckFuture,
+    ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
 }
+
+/// Outcomes on their way into the vote stream, settled in publish order.
+/// Each entry owns its ack future, so waiting for the front one can be
+/// abandoned (a `select!` that takes the next read instead) and resumed
+/// without losing it.
+type InFlight = FuturesOrdered<BoxFuture<'static, Acked>>;
 
 async fn decide_loop(
     js: &jetstream::Context,
@@ -208,19 +216,24 @@ async fn decide_loop(
         .await
         .map_err(|e| BusError::js("consuming identified reads", e))?;
     tracing::info!(partition = %options.partition, from = resume_after + 1, "deciding identified reads");
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut in_flight: InFlight = FuturesOrdered::new();
     loop {
         // Settle acks first when the pipeline is full, or whenever one is ready.
         while in_flight.len() >= options.max_in_flight {
-            settle(js, shared, stats, in_flight.pop_front().expect("non-empty")).await?;
+            let acked = in_flight.next().await.expect("non-empty");
+            settle(js, shared, stats, acked).await?;
         }
         let next = if in_flight.is_empty() {
             messages.next().await
         } else {
+            // Both branches are cancel-safe: whichever loses keeps its item.
             tokio::select! {
                 biased;
                 m = messages.next() => m,
-                r = settle_front(js, shared, stats, &mut in_flight) => { r?; continue; }
+                acked = in_flight.next() => {
+                    settle(js, shared, stats, acked.expect("non-empty")).await?;
+                    continue;
+                }
             }
         };
         let Some(msg) = next else { return Ok(()) };
@@ -276,23 +289,16 @@ async fn decide_loop(
             Some(v1::identified_read::Identity::Voter(v)) => v.display_name,
             _ => String::new(),
         };
-        in_flight.push_back(InFlight {
-            outcome,
-            display_name,
-            ack,
-        });
-    }
-}
-
-async fn settle_front(
-    js: &jetstream::Context,
-    shared: &Shared,
-    stats: &Stats,
-    in_flight: &mut VecDeque<InFlight>,
-) -> Result<(), BusError> {
-    match in_flight.pop_front() {
-        Some(f) => settle(js, shared, stats, f).await,
-        None => std::future::pending().await,
+        in_flight.push_back(
+            async move {
+                Acked {
+                    outcome,
+                    display_name,
+                    ack: ack.await,
+                }
+            }
+            .boxed(),
+        );
     }
 }
 
@@ -303,14 +309,13 @@ async fn settle(
     js: &jetstream::Context,
     shared: &Shared,
     stats: &Stats,
-    f: InFlight,
+    f: Acked,
 ) -> Result<(), BusError> {
     let span =
         tracing::info_span!("tally", read_id = %f.outcome.read_id, reader = %f.outcome.reader_id);
     let _e = span.enter();
     let ack = f
         .ack
-        .await
         .map_err(|e| BusError::js(format!("ack of outcome {}", f.outcome.read_id), e))?;
     if ack.duplicate {
         let stored = js
@@ -328,23 +333,10 @@ async fn settle(
             ));
         }
     }
-    {
-        let mut ballots = shared.ballots();
-        ballots.last_seq = ballots.last_seq.max(ack.sequence);
-    }
-    if !f.outcome.poll_id.is_empty() {
-        shared.mark_dirty(&f.outcome.poll_id);
-    }
-    stats.handled_one();
-    tracing::info!(
-        kind = ?f.outcome.kind(),
-        poll = %f.outcome.poll_id,
-        answer = %f.outcome.answer_id,
-        votes_seq = ack.sequence,
-        "outcome stored"
-    );
-    // Only now, so a reader never signals a vote that is not stored.
-    // Core NATS, at most once: a lost feedback costs a blink, not a vote.
+    // Only now, so a reader never signals a vote that is not stored, and
+    // before the snapshot is due, so the XMPP bridge (personal mode) has the
+    // name before the results that release the vote. Core NATS, at most
+    // once: a lost feedback costs a blink, not a vote.
     let subject = subjects::feedback(&f.outcome.device_id, &f.outcome.reader_id);
     let feedback = v1::ReaderFeedback {
         outcome: Some(f.outcome),
@@ -357,6 +349,22 @@ async fn settle(
     {
         tracing::warn!(error = %e, "cannot send reader feedback");
     }
+    let outcome = feedback.outcome.as_ref().expect("set above");
+    {
+        let mut ballots = shared.ballots();
+        ballots.last_seq = ballots.last_seq.max(ack.sequence);
+    }
+    if !outcome.poll_id.is_empty() {
+        shared.mark_dirty(&outcome.poll_id);
+    }
+    stats.handled_one();
+    tracing::info!(
+        kind = ?outcome.kind(),
+        poll = %outcome.poll_id,
+        answer = %outcome.answer_id,
+        votes_seq = ack.sequence,
+        "outcome stored"
+    );
     Ok(())
 }
 

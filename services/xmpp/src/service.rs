@@ -97,8 +97,10 @@ pub async fn run(
     tokio::spawn(watch_nats_reconnects(client.clone(), reload.clone()));
     if let Some(ik) = &cfg.ikpoll {
         if ik.personal {
-            // Subscribed before the vote stream is followed, so a name is
-            // here before (or with) its vote.
+            // Subscribed before the vote stream is followed. The tally sends
+            // a name before the snapshot that releases its vote is due, so
+            // it is normally here in time; one that comes too late leaves
+            // the title empty (and is dropped with the oldest names).
             let names = client
                 .subscribe(subjects::FEEDBACK_ALL)
                 .await
