@@ -404,8 +404,10 @@ async fn publish_loop(
         lock(&state).publishing = false;
         match published {
             Ok(Ok((stream_seq, duplicate))) => {
-                let _e = span.enter();
-                tracing::debug!(stream_seq, duplicate, "tap stored in JetStream");
+                // `parent:` rather than `span.enter()`: an entered guard held
+                // across the awaits below can leave the span on another
+                // thread, and tracing-subscriber then panics.
+                tracing::debug!(parent: &span, stream_seq, duplicate, "tap stored in JetStream");
                 queue.pop_front();
                 let s = spool.clone();
                 let acked = tokio::task::spawn_blocking(move || {
@@ -415,13 +417,13 @@ async fn publish_loop(
                 .await;
                 let mut st = lock(&state);
                 if st.publish_failing {
-                    tracing::info!(depth = queue.len(), "publishing taps again");
+                    tracing::info!(parent: &span, depth = queue.len(), "publishing taps again");
                 }
                 st.publish_failing = false;
                 match acked {
                     Ok(Ok((depth, warning))) => st.note_spool(depth, warning),
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "could not record the ack in the spool; the tap may be re-sent (harmless)");
+                        tracing::error!(parent: &span, error = %e, "could not record the ack in the spool; the tap may be re-sent (harmless)");
                         st.last_error = e.to_string();
                     }
                     Err(_) => return,

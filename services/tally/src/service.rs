@@ -27,6 +27,7 @@ use prost::Message as _;
 use tagpoll_bus::{BusError, config::EventConfig, heartbeat::Stats, publish};
 use tagpoll_proto::{names, subjects, v1};
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use crate::{ballots::Ballots, partition::Partition, rules};
 
@@ -311,9 +312,19 @@ async fn settle(
     stats: &Stats,
     f: Acked,
 ) -> Result<(), BusError> {
+    // Instrumented, never `span.enter()`: an entered guard held across an
+    // await can leave the span on another thread (tracing-subscriber panics).
     let span =
         tracing::info_span!("tally", read_id = %f.outcome.read_id, reader = %f.outcome.reader_id);
-    let _e = span.enter();
+    settle_in_span(js, shared, stats, f).instrument(span).await
+}
+
+async fn settle_in_span(
+    js: &jetstream::Context,
+    shared: &Shared,
+    stats: &Stats,
+    f: Acked,
+) -> Result<(), BusError> {
     let ack = f
         .ack
         .map_err(|e| BusError::js(format!("ack of outcome {}", f.outcome.read_id), e))?;
