@@ -531,3 +531,145 @@ answer = "y"
     assert_eq!(ids.len(), 40);
     assert_eq!(votes.clone().info().await.unwrap().state.messages, 40);
 }
+
+const GAP_EVENT: &str = r#"
+[event]
+id = "gap"
+identity = ["anonymous"]
+
+[[polls]]
+id = "p"
+question = "A or B?"
+allow_anonymous = true
+answers = [{ id = "a", label = "A" }, { id = "b", label = "B" }]
+
+[[readers]]
+id = "ra"
+poll = "p"
+answer = "a"
+
+[[readers]]
+id = "rb"
+poll = "p"
+answer = "b"
+"#;
+
+async fn vote_stream_len(js: &async_nats::jetstream::Context) -> u64 {
+    js.get_stream(names::STREAM_VOTES)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}
+
+/// Sets how many outcomes the vote stream takes per subject (0: no limit);
+/// with a limit, a further outcome on a full subject is refused.
+async fn limit_votes_per_subject(js: &async_nats::jetstream::Context, limit: i64) {
+    let mut cfg = js
+        .get_stream(names::STREAM_VOTES)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    if limit > 0 {
+        cfg.max_messages_per_subject = limit;
+        cfg.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+        cfg.discard_new_per_subject = true;
+    } else {
+        cfg.max_messages_per_subject = -1;
+        cfg.discard = async_nats::jetstream::stream::DiscardPolicy::Old;
+        cfg.discard_new_per_subject = false;
+    }
+    js.update_stream(&cfg)
+        .await
+        .expect("update the vote stream");
+}
+
+/// Outcomes are published pipelined. When one publish fails while a later
+/// one is stored (a gap in the vote stream), the tally must decide the
+/// failed read again after it recovers, not resume past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_refused_below_a_stored_one_is_decided_again() {
+    let bus = TestBus::start();
+    ok(&bus.cli(&["load", &write_file(&bus, "event.toml", GAP_EVENT)]));
+    let js = async_nats::jetstream::new(bus.client().await);
+    let _identity = bus.service("tagpoll-identity", &[], &[]);
+    let mut tally = bus.service("tagpoll-tally", &[], &[]);
+    tap(&js, "dev", "ra", &[0x01, 0x00, 0x00, 0x01], "gap-1").await;
+    eventually(Duration::from_secs(20), "first outcome", || {
+        let js = js.clone();
+        async move {
+            match vote_stream_len(&js).await {
+                1 => Ok(()),
+                n => Err(format!("{n} outcomes")),
+            }
+        }
+    })
+    .await;
+
+    // The tally is down while two more taps are identified: one at "ra"
+    // (whose outcome subject is now full, so its publish is refused) and
+    // one at "rb" (stored). Started again, the tally reads both before the
+    // refusal comes back, so the vote stream gets a gap.
+    tally.kill();
+    limit_votes_per_subject(&js, 1).await;
+    tap(&js, "dev", "ra", &[0x01, 0x00, 0x00, 0x02], "gap-2").await;
+    tap(&js, "dev", "rb", &[0x01, 0x00, 0x00, 0x03], "gap-3").await;
+    eventually(Duration::from_secs(20), "both taps identified", || {
+        let js = js.clone();
+        async move {
+            let n = js
+                .get_stream(names::STREAM_IDENTIFIED)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .messages;
+            if n == 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} identified"))
+            }
+        }
+    })
+    .await;
+    tally.start().expect("restart the tally");
+    eventually(Duration::from_secs(20), "the outcome at rb stored", || {
+        let js = js.clone();
+        async move {
+            match vote_stream_len(&js).await {
+                2 => Ok(()),
+                n => Err(format!("{n} outcomes")),
+            }
+        }
+    })
+    .await;
+    // Let the refusal come back and the tally rebuild (it retries the read
+    // at "ra" while the limit holds), then lift the limit.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    limit_votes_per_subject(&js, 0).await;
+
+    let want: HashMap<String, u64> = [("a".to_string(), 2), ("b".to_string(), 1)].into();
+    eventually(Duration::from_secs(30), "gap-2 decided after all", || {
+        let js = js.clone();
+        let want = want.clone();
+        async move {
+            let n = vote_stream_len(&js).await;
+            let counts = stored_counts(&js, "p").await;
+            if n == 3 && counts == want {
+                Ok(())
+            } else {
+                Err(format!("{n} outcomes, counts {counts:?}"))
+            }
+        }
+    })
+    .await;
+}

@@ -1,9 +1,8 @@
 //! Wiring: TAGPOLL_IDENTIFIED → rules → TAGPOLL_VOTES, plus results snapshots.
 //!
 //! Exactly-once counting, in stream order:
-//! - at start the counts are rebuilt from the vote stream alone, and the
-//!   highest `identified_seq` among this partition's outcomes says where to
-//!   resume;
+//! - at start the counts are rebuilt from the vote stream alone, and this
+//!   partition's last outcomes say where to resume ([`ResumePoint`]);
 //! - identified reads are consumed with an ordered consumer from there, so
 //!   every restart decides the same reads in the same order (a durable
 //!   consumer would re-deliver unacknowledged reads after newer ones, and
@@ -15,7 +14,7 @@
 //!   vote stream never carries) to the tapping reader as core-NATS
 //!   `ReaderFeedback`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -79,24 +78,70 @@ impl Shared {
 /// Counts rebuilt from the vote stream, and where this partition resumes.
 pub struct Rebuilt {
     pub ballots: Ballots,
-    /// Highest `identified_seq` among this partition's outcomes.
+    /// The identified read to resume after: see [`ResumePoint`].
     pub resume_after: u64,
     /// Outcomes that did not decode (logged, skipped).
     pub undecodable: u64,
 }
 
-/// Replays the vote stream into fresh counts.
-pub async fn rebuild(js: &jetstream::Context, partition: Partition) -> Result<Rebuilt, BusError> {
+/// Where a partition resumes deciding identified reads.
+///
+/// Outcomes are published pipelined, up to `window` awaiting their acks, so
+/// one whose publish failed (a reconnect lost it) can sit below later ones
+/// that were stored. Resuming after the highest `identified_seq` would skip
+/// it for good; resuming after the lowest among the partition's last
+/// `window` stored outcomes cannot, because fewer than `window` outcomes
+/// can have been stored after it. Reads re-read from there that are already
+/// decided are skipped by read id.
+#[derive(Debug)]
+pub struct ResumePoint {
+    window: usize,
+    recent: VecDeque<u64>,
+}
+
+impl ResumePoint {
+    pub fn new(window: usize) -> Self {
+        ResumePoint {
+            window: window.max(1),
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// One of this partition's stored outcomes, in vote stream order.
+    pub fn observe(&mut self, identified_seq: u64) {
+        self.recent.push_back(identified_seq);
+        if self.recent.len() > self.window {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The identified read to resume after (0: from the start).
+    pub fn resume_after(&self) -> u64 {
+        if self.recent.len() < self.window {
+            return 0;
+        }
+        self.recent.iter().copied().min().unwrap_or(0)
+    }
+}
+
+/// Replays the vote stream into fresh counts; `window` is the most outcomes
+/// the partition keeps awaiting acks ([`TallyOptions::max_in_flight`]).
+pub async fn rebuild(
+    js: &jetstream::Context,
+    partition: Partition,
+    window: usize,
+) -> Result<Rebuilt, BusError> {
     let mut r = Rebuilt {
         ballots: Ballots::default(),
         resume_after: 0,
         undecodable: 0,
     };
+    let mut resume = ResumePoint::new(window);
     tagpoll_bus::replay::replay(js, names::STREAM_VOTES, None, |seq, subject, payload| {
         match tagpoll_bus::decode::<v1::VoteOutcome>(subject, payload) {
             Ok(o) => {
                 if partition.owns(&o.poll_id) {
-                    r.resume_after = r.resume_after.max(o.identified_seq);
+                    resume.observe(o.identified_seq);
                 }
                 r.ballots.apply(&o, seq);
             }
@@ -107,6 +152,7 @@ pub async fn rebuild(js: &jetstream::Context, partition: Partition) -> Result<Re
         }
     })
     .await?;
+    r.resume_after = resume.resume_after();
     tracing::info!(
         votes_seq = r.ballots.last_seq,
         resume_after = r.resume_after,
@@ -145,7 +191,7 @@ pub async fn run(
     ));
     let mut backoff = Duration::from_millis(200);
     let result = loop {
-        let rebuilt = match rebuild(&js, options.partition).await {
+        let rebuilt = match rebuild(&js, options.partition, options.max_in_flight).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot rebuild yet; retrying");
@@ -457,5 +503,29 @@ async fn publish_snapshots(
             let _ = client.publish(subjects::results(&poll_id), bytes).await;
         }
         tokio::time::sleep(options.snapshot_interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResumePoint;
+
+    #[test]
+    fn resume_point_reaches_below_a_failed_pipelined_outcome() {
+        // Window 3: outcomes for identified reads 1..=5 were published; 4's
+        // publish failed, 5 was stored. Resuming after the highest (5) would
+        // lose 4; the resume point must be below it.
+        let mut r = ResumePoint::new(3);
+        for seq in [1, 2, 3, 5] {
+            r.observe(seq);
+        }
+        assert_eq!(r.resume_after(), 2);
+        assert!(r.resume_after() < 4);
+        // Fewer stored outcomes than the window: from the start.
+        let mut few = ResumePoint::new(3);
+        few.observe(7);
+        few.observe(9);
+        assert_eq!(few.resume_after(), 0);
+        assert_eq!(ResumePoint::new(3).resume_after(), 0);
     }
 }
