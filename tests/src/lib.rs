@@ -349,3 +349,28 @@ pub async fn stream_messages(
     }
     out
 }
+
+/// Messages stored in a stream.
+pub async fn stream_len(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .messages
+}
+
+/// Waits until `stream` holds `n` messages.
+pub async fn wait_len(js: &async_nats::jetstream::Context, stream: &str, n: u64, limit: Duration) {
+    eventually(limit, &format!("{n} messages in {stream}"), || async {
+        let got = stream_len(js, stream).await;
+        if got >= n {
+            Ok(())
+        } else {
+            Err(format!("{got}"))
+        }
+    })
+    .await;
+}

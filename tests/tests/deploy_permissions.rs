@@ -132,32 +132,11 @@ fn tag_read(device: &str, reader: &str, read_id: &str) -> bytes::Bytes {
     .into()
 }
 
-async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .unwrap_or_else(|e| panic!("stream {stream}: {e}"))
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reader_credential_is_confined_to_its_own_device() {
-    let dir = tempfile::Builder::new()
-        .prefix("tagpoll-perm-")
-        .tempdir()
-        .unwrap();
-    let nats = DeployServer::start(dir.path(), "nats.conf", &[]);
-    let url = nats.url();
-    admin_load(dir.path(), &url, &[]);
-    let (user, password) = nats.add_device("hall-left");
-    assert_eq!(user, "reader-hall-left");
-
-    // The reload is asynchronous: wait until the new user may log in.
-    let reader = eventually(Duration::from_secs(10), "device user accepted", || {
-        let (url, user, password) = (url.clone(), user.clone(), password.clone());
+/// Connects as a reader device's user, as tagpoll-reader does (own inbox
+/// prefix), waiting for the server's asynchronous reload to accept it.
+async fn connect_device(url: &str, user: &str, password: &str) -> async_nats::Client {
+    eventually(Duration::from_secs(10), "device user accepted", || {
+        let (url, user, password) = (url.to_string(), user.to_string(), password.to_string());
         async move {
             let opts = BusOptions {
                 url,
@@ -172,7 +151,22 @@ async fn reader_credential_is_confined_to_its_own_device() {
                 .map_err(|e| e.to_string())
         }
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_credential_is_confined_to_its_own_device() {
+    let dir = tempfile::Builder::new()
+        .prefix("tagpoll-perm-")
+        .tempdir()
+        .unwrap();
+    let nats = DeployServer::start(dir.path(), "nats.conf", &[]);
+    let url = nats.url();
+    admin_load(dir.path(), &url, &[]);
+    let (user, password) = nats.add_device("hall-left");
+    assert_eq!(user, "reader-hall-left");
+
+    let reader = connect_device(&url, &user, &password).await;
 
     let admin = async_nats::ConnectOptions::new()
         .user_and_password("admin".into(), role_password("admin"))
@@ -231,7 +225,7 @@ async fn reader_credential_is_confined_to_its_own_device() {
         got.subject.as_str(),
         "tagpoll.feedback.hall-left.coffee-left"
     );
-    let votes_before = stream_messages(&admin_js, names::STREAM_VOTES).await;
+    let votes_before = stream_len(&admin_js, names::STREAM_VOTES).await;
 
     // Everything else is refused. Each attempt gets its own client, so a
     // permission error cannot be mistaken for the previous one's.
@@ -333,9 +327,9 @@ async fn reader_credential_is_confined_to_its_own_device() {
     wait_for_error(&errors, "$JS.API.CONSUMER.CREATE.TAGPOLL_READS").await;
 
     // Nothing of that reached a stream or the results bucket.
-    assert_eq!(stream_messages(&admin_js, names::STREAM_READS).await, 1);
+    assert_eq!(stream_len(&admin_js, names::STREAM_READS).await, 1);
     assert_eq!(
-        stream_messages(&admin_js, names::STREAM_VOTES).await,
+        stream_len(&admin_js, names::STREAM_VOTES).await,
         votes_before
     );
     let results = admin_js.get_key_value(names::KV_RESULTS).await.unwrap();
@@ -436,24 +430,8 @@ async fn services_run_end_to_end_with_their_role_credentials() {
     let _web = service("tagpoll-web", "web", &["--http", &http], &[]);
     wait_http_ok(&format!("http://{http}/healthz")).await;
 
-    // The reader device taps as itself and hears its own reader's outcome.
-    let reader = eventually(Duration::from_secs(10), "device user accepted", || {
-        let (url, user, password) = (url.clone(), dev_user.clone(), dev_password.clone());
-        async move {
-            let opts = BusOptions {
-                url,
-                creds_file: None,
-                user_password: Some((user.clone(), password)),
-                name: "test-reader".into(),
-                tls: TlsOptions::default(),
-                inbox_prefix: Some(inbox_prefix_for_user(&user)),
-            };
-            tagpoll_bus::connect(&opts, false)
-                .await
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
+    // The reader device taps as itself and hears the feedback for its tap.
+    let reader = connect_device(&url, &dev_user, &dev_password).await;
     let js = async_nats::jetstream::new(reader.clone());
     tagpoll_bus::topology::ensure(&js).await.unwrap();
     let mut feedback = reader
@@ -533,7 +511,7 @@ async fn services_run_end_to_end_with_their_role_credentials() {
     eventually(Duration::from_secs(20), "simulated taps decided", || {
         let js = admin_js.clone();
         async move {
-            let n = stream_messages(&js, names::STREAM_VOTES).await;
+            let n = stream_len(&js, names::STREAM_VOTES).await;
             if n >= 5 {
                 Ok(())
             } else {

@@ -554,17 +554,6 @@ poll = "p"
 answer = "b"
 "#;
 
-async fn vote_stream_len(js: &async_nats::jetstream::Context) -> u64 {
-    js.get_stream(names::STREAM_VOTES)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
-}
-
 /// Sets how many outcomes the vote stream takes per subject (0: no limit);
 /// with a limit, a further outcome on a full subject is refused.
 async fn limit_votes_per_subject(js: &async_nats::jetstream::Context, limit: i64) {
@@ -605,7 +594,7 @@ async fn an_outcome_refused_below_a_stored_one_is_decided_again() {
     eventually(Duration::from_secs(20), "first outcome", || {
         let js = js.clone();
         async move {
-            match vote_stream_len(&js).await {
+            match stream_len(&js, names::STREAM_VOTES).await {
                 1 => Ok(()),
                 n => Err(format!("{n} outcomes")),
             }
@@ -624,15 +613,7 @@ async fn an_outcome_refused_below_a_stored_one_is_decided_again() {
     eventually(Duration::from_secs(20), "both taps identified", || {
         let js = js.clone();
         async move {
-            let n = js
-                .get_stream(names::STREAM_IDENTIFIED)
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .messages;
+            let n = stream_len(&js, names::STREAM_IDENTIFIED).await;
             if n == 3 {
                 Ok(())
             } else {
@@ -645,7 +626,7 @@ async fn an_outcome_refused_below_a_stored_one_is_decided_again() {
     eventually(Duration::from_secs(20), "the outcome at rb stored", || {
         let js = js.clone();
         async move {
-            match vote_stream_len(&js).await {
+            match stream_len(&js, names::STREAM_VOTES).await {
                 2 => Ok(()),
                 n => Err(format!("{n} outcomes")),
             }
@@ -662,7 +643,7 @@ async fn an_outcome_refused_below_a_stored_one_is_decided_again() {
         let js = js.clone();
         let want = want.clone();
         async move {
-            let n = vote_stream_len(&js).await;
+            let n = stream_len(&js, names::STREAM_VOTES).await;
             let counts = stored_counts(&js, "p").await;
             if n == 3 && counts == want {
                 Ok(())

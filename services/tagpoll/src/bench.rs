@@ -715,84 +715,68 @@ async fn latency(
 
 /// The report as a table.
 pub fn render(r: &BenchReport) -> String {
-    let mut out = String::new();
-    let line = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:<44} {v}\n"));
-    line(&mut out, "server fsync", r.sync.to_string());
-    line(&mut out, "cores", r.cores.to_string());
-    line(
-        &mut out,
-        "messages per throughput run",
-        r.messages.to_string(),
-    );
-    line(
-        &mut out,
-        "payload (encoded TagRead)",
-        format!("{} bytes", r.payload_bytes),
-    );
-    line(
-        &mut out,
-        "baseline: raw JetStream publish+consume",
-        format!("{:.0} msg/s", r.baseline_per_s),
-    );
-    line(
-        &mut out,
-        "pipeline: tap -> vote stream",
-        format!("{:.0} taps/s", r.pipeline_per_s),
-    );
-    line(
-        &mut out,
-        "ratio pipeline / baseline",
-        format!("{:.0} %", r.ratio * 100.0),
-    );
-    line(
-        &mut out,
-        "durable appends per vote",
-        format!("{:.1}", r.appends_per_vote),
-    );
-    line(
-        &mut out,
-        "results snapshots under the burst",
-        format!("{:.0} /s", r.snapshots_per_s_under_burst),
-    );
-    line(
-        &mut out,
-        "tally alone: queued identified reads",
-        format!("{:.0} votes/s", r.tally_alone_per_s),
-    );
-    line(
-        &mut out,
-        "results snapshots while the tally drains",
-        format!("{:.0} /s", r.tally_snapshots_per_s),
-    );
-    let p = |p: &Percentiles| {
+    let pct = |p: &Percentiles| {
         format!(
             "p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms  ({} samples)",
             p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms, p.samples
         )
     };
-    line(
-        &mut out,
-        &format!("tap -> outcome at {}/s", r.rate_per_s),
-        p(&r.tap_to_outcome),
-    );
-    line(
-        &mut out,
-        &format!("tap -> results snapshot at {}/s", r.rate_per_s),
-        p(&r.tap_to_snapshot),
-    );
-    for i in &r.identity {
-        line(
-            &mut out,
-            &format!("identity, new tags, anyMeta {} ms", i.latency_ms),
+    let mut rows: Vec<(String, String)> = vec![
+        ("server fsync".into(), r.sync.to_string()),
+        ("cores".into(), r.cores.to_string()),
+        ("messages per throughput run".into(), r.messages.to_string()),
+        (
+            "payload (encoded TagRead)".into(),
+            format!("{} bytes", r.payload_bytes),
+        ),
+        (
+            "baseline: raw JetStream publish+consume".into(),
+            format!("{:.0} msg/s", r.baseline_per_s),
+        ),
+        (
+            "pipeline: tap -> vote stream".into(),
+            format!("{:.0} taps/s", r.pipeline_per_s),
+        ),
+        (
+            "ratio pipeline / baseline".into(),
+            format!("{:.0} %", r.ratio * 100.0),
+        ),
+        (
+            "durable appends per vote".into(),
+            format!("{:.1}", r.appends_per_vote),
+        ),
+        (
+            "results snapshots under the burst".into(),
+            format!("{:.0} /s", r.snapshots_per_s_under_burst),
+        ),
+        (
+            "tally alone: queued identified reads".into(),
+            format!("{:.0} votes/s", r.tally_alone_per_s),
+        ),
+        (
+            "results snapshots while the tally drains".into(),
+            format!("{:.0} /s", r.tally_snapshots_per_s),
+        ),
+        (
+            format!("tap -> outcome at {}/s", r.rate_per_s),
+            pct(&r.tap_to_outcome),
+        ),
+        (
+            format!("tap -> results snapshot at {}/s", r.rate_per_s),
+            pct(&r.tap_to_snapshot),
+        ),
+    ];
+    rows.extend(r.identity.iter().map(|i| {
+        (
+            format!("identity, new tags, anyMeta {} ms", i.latency_ms),
             format!("{:.0} tags/s ({} tags)", i.per_s, i.tags),
-        );
-    }
-    for s in &r.rss {
-        line(
-            &mut out,
-            &format!("RSS {}", s.service),
+        )
+    }));
+    rows.extend(r.rss.iter().map(|s| {
+        (
+            format!("RSS {}", s.service),
             format!("idle {:.1} MiB, loaded {:.1} MiB", s.idle_mib, s.loaded_mib),
-        );
-    }
-    out
+        )
+    }));
+    rows.iter().map(|(k, v)| format!("{k:<44} {v}\n")).collect()
 }

@@ -62,31 +62,6 @@ pub async fn outcomes(js: &async_nats::jetstream::Context) -> Vec<v1::VoteOutcom
         .collect()
 }
 
-/// Messages stored in a stream.
-pub async fn stream_len(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .messages
-}
-
-/// Waits until `stream` holds `n` messages.
-pub async fn wait_len(js: &async_nats::jetstream::Context, stream: &str, n: u64, limit: Duration) {
-    eventually(limit, &format!("{n} messages in {stream}"), || async {
-        let got = stream_len(js, stream).await;
-        if got >= n {
-            Ok(())
-        } else {
-            Err(format!("{got}"))
-        }
-    })
-    .await;
-}
-
 /// Reads of the `identity` consumer not acknowledged yet (waiting, in flight or to be re-sent).
 pub async fn unacked_reads(js: &async_nats::jetstream::Context) -> u64 {
     let stream = js.get_stream(names::STREAM_READS).await.expect("reads");
