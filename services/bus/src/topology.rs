@@ -35,9 +35,9 @@ pub const READS_RETENTION_HOURS_ENV: &str = "TAGPOLL_READS_RETENTION_HOURS";
 pub struct Retention {
     /// The hand-off streams `TAGPOLL_READS` (raw tag UIDs) and
     /// `TAGPOLL_IDENTIFIED` (voter names): a tap is needed there only until
-    /// the tally has decided it, plus margin for an outage. Must not exceed
-    /// `votes`: the tally would re-decide an identified read whose decision
-    /// had expired.
+    /// the tally has decided it, plus margin for an outage. Must be at
+    /// least [`MIN_RETENTION`] shorter than `votes`: the tally would decide
+    /// again an identified read whose decision had expired.
     pub reads: Duration,
     /// `TAGPOLL_VOTES`, the vote log the counts are rebuilt from.
     pub votes: Duration,
