@@ -82,7 +82,35 @@ pub fn find_binary() -> Result<PathBuf, NatsServerError> {
 }
 
 /// A free TCP port on loopback (racy by nature, but fine for tests and dev).
+///
+/// Picked below the kernel's ephemeral range where it can: a port the
+/// kernel hands out (port 0) is also what it gives the next outgoing
+/// connection, so a nats-server cluster node once found its route port taken
+/// by another node's connection between the pick and its bind.
 pub fn free_port() -> std::io::Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    if ephemeral_low > LOWEST + 1_000 {
+        let span = u32::from(ephemeral_low - LOWEST);
+        // A different start per process and call, then a linear probe.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let salt = std::process::id().wrapping_mul(7919)
+            ^ NEXT
+                .fetch_add(7, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_mul(104_729)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        for i in 0..200u32 {
+            let port = LOWEST + ((salt.wrapping_add(i * 37)) % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -377,5 +405,26 @@ impl NatsCluster {
 impl Drop for NatsCluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_bindable_and_outside_the_ephemeral_range() {
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+        let ports: Vec<u16> = (0..20).map(|_| free_port().unwrap()).collect();
+        for p in &ports {
+            TcpListener::bind(("127.0.0.1", *p)).expect("the port is free");
+            if let Some(low) = low.filter(|l| *l > 11_000) {
+                assert!(*p < low, "port {p} is in the ephemeral range from {low}");
+            }
+        }
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert!(distinct.len() > 15, "picks spread out: {ports:?}");
     }
 }
