@@ -155,7 +155,9 @@ pub fn vote_payload(o: &v1::VoteOutcome, s: &PollSnapshot, voter_name: &str) -> 
 
 /// Voter names by read id, for personal mode: the vote stream carries no
 /// names, so they come from the tally's reader feedback (core NATS) and wait
-/// here until their vote goes out. Bounded: the oldest are dropped first.
+/// here until their vote goes out. An empty name is kept too: it says the
+/// feedback came and the voter has no name, so the vote need not wait.
+/// Bounded: the oldest are dropped first.
 #[derive(Debug, Default)]
 pub struct VoterNames {
     names: HashMap<String, String>,
@@ -167,9 +169,6 @@ pub const MAX_NAMES: usize = 10_000;
 
 impl VoterNames {
     pub fn insert(&mut self, read_id: String, name: String) {
-        if name.is_empty() {
-            return;
-        }
         if self.names.insert(read_id.clone(), name).is_none() {
             self.order.push_back(read_id);
         }
@@ -180,13 +179,20 @@ impl VoterNames {
         }
     }
 
+    /// Whether the feedback for `read_id` came (with or without a name).
+    pub fn contains(&self, read_id: &str) -> bool {
+        self.names.contains_key(read_id)
+    }
+
     /// The name for `read_id`, forgotten once taken; empty if none came.
     pub fn take(&mut self, read_id: &str) -> String {
-        let name = self.names.remove(read_id).unwrap_or_default();
-        if !name.is_empty() {
-            self.order.retain(|r| r != read_id);
+        match self.names.remove(read_id) {
+            Some(name) => {
+                self.order.retain(|r| r != read_id);
+                name
+            }
+            None => String::new(),
         }
-        name
     }
 
     pub fn len(&self) -> usize {
@@ -235,10 +241,13 @@ impl VoteHold {
     }
 
     /// Votes ready to go, in order, each with whether the known results
-    /// (`votes_seq_of(poll)`) already include it.
+    /// (`votes_seq_of(poll)`) already include it. A vote is ready once the
+    /// results include it and `named(read_id)` (personal mode: its voter's
+    /// name came), or at its deadline.
     pub fn take_ready(
         &mut self,
         votes_seq_of: impl Fn(&str) -> u64,
+        named: impl Fn(&str) -> bool,
         now: Instant,
     ) -> Vec<(Held, bool)> {
         let overflow = self.pending.len().saturating_sub(MAX_HELD);
@@ -246,7 +255,7 @@ impl VoteHold {
         let mut keep = VecDeque::with_capacity(self.pending.len());
         for (i, h) in self.pending.drain(..).enumerate() {
             let included = votes_seq_of(&h.outcome.poll_id) >= h.seq;
-            if included || h.deadline <= now || i < overflow {
+            if (included && named(&h.outcome.read_id)) || h.deadline <= now || i < overflow {
                 out.push((h, included));
             } else {
                 keep.push_back(h);
@@ -360,7 +369,11 @@ mod tests {
         let mut n = VoterNames::default();
         n.insert("r1".into(), "Alice".into());
         n.insert("r2".into(), String::new());
-        assert_eq!(n.len(), 1, "empty names are not kept");
+        assert!(n.contains("r2"), "an empty name says the feedback came");
+        assert!(!n.contains("r3"));
+        assert_eq!(n.take("r2"), "");
+        assert!(!n.contains("r2"));
+        assert_eq!(n.len(), 1);
         assert_eq!(n.take("r1"), "Alice");
         assert_eq!(n.take("r1"), "", "taken once");
         for i in 0..MAX_NAMES + 5 {
@@ -409,14 +422,29 @@ mod tests {
         let mut h = VoteHold::default();
         h.push(10, outcome(OutcomeKind::Accepted, "tea", ""), t0);
         h.push(11, outcome(OutcomeKind::Accepted, "tea", ""), t0);
-        assert!(h.take_ready(|_| 9, t0).is_empty());
-        let r = h.take_ready(|_| 10, t0);
+        assert!(h.take_ready(|_| 9, |_| true, t0).is_empty());
+        let r = h.take_ready(|_| 10, |_| true, t0);
         assert_eq!(r.len(), 1);
         assert!(r[0].1);
         assert_eq!(h.next_deadline(), Some(t0 + RESULTS_WAIT));
-        let r = h.take_ready(|_| 10, t0 + RESULTS_WAIT);
+        let r = h.take_ready(|_| 10, |_| true, t0 + RESULTS_WAIT);
         assert_eq!(r.len(), 1);
         assert!(!r[0].1);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn personal_votes_also_wait_for_the_name() {
+        let t0 = Instant::now();
+        let mut h = VoteHold::default();
+        h.push(10, outcome(OutcomeKind::Accepted, "tea", ""), t0);
+        assert!(h.take_ready(|_| 10, |_| false, t0).is_empty());
+        let r = h.take_ready(|_| 10, |id| id == "r-1", t0);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].1);
+        // A name that never comes holds the vote only until its deadline.
+        h.push(11, outcome(OutcomeKind::Accepted, "tea", ""), t0);
+        let r = h.take_ready(|_| 11, |_| false, t0 + RESULTS_WAIT);
+        assert_eq!(r.len(), 1);
     }
 }

@@ -97,10 +97,9 @@ pub async fn run(
     tokio::spawn(watch_nats_reconnects(client.clone(), reload.clone()));
     if let Some(ik) = &cfg.ikpoll {
         if ik.personal {
-            // Subscribed before the vote stream is followed. The tally sends
-            // a name before the snapshot that releases its vote is due, so
-            // it is normally here in time; one that comes too late leaves
-            // the title empty (and is dropped with the oldest names).
+            // Subscribed before the vote stream is followed. A vote waits for
+            // its feedback as it waits for its results (at most 2 s); the
+            // title stays empty only if the feedback never came.
             let names = client
                 .subscribe(subjects::FEEDBACK_ALL)
                 .await
@@ -371,9 +370,12 @@ impl Bridge {
             return;
         };
         let results = &self.results;
-        let ready = self
-            .holds
-            .take_ready(|poll| results.get(poll).map_or(0, |r| r.votes_seq), now);
+        let names = &self.names;
+        let ready = self.holds.take_ready(
+            |poll| results.get(poll).map_or(0, |r| r.votes_seq),
+            |read_id| !ik.personal || names.contains(read_id),
+            now,
+        );
         for (held, included) in ready {
             let o = held.outcome;
             let Some(s) = self.snapshot(&o.poll_id) else {
@@ -477,7 +479,7 @@ async fn follow_names(mut feedback: async_nats::Subscriber, out: mpsc::Sender<In
             Ok(v1::ReaderFeedback {
                 outcome: Some(o),
                 display_name,
-            }) if ikpoll::is_notified(&o) && !display_name.is_empty() => {
+            }) if ikpoll::is_notified(&o) => {
                 let name = Input::Name {
                     read_id: o.read_id,
                     name: display_name,
