@@ -263,6 +263,47 @@ async fn bad_credentials_keep_reads_until_the_config_is_fixed() {
     assert_eq!(r.fake.answered(JAN_1_HEX), 1);
 }
 
+/// A stopped instance hands its reads back at once (lookups in flight are cancelled), so the
+/// next instance resolves them now instead of after the consumer's 30 s ack wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_instance_hands_its_reads_back_at_once() {
+    let r = rig().await;
+    // Lookups hang far beyond this test's patience while the first instance runs.
+    r.fake.set_latency(Duration::from_secs(60));
+    let mut first = identity(
+        &r.bus,
+        &r.fake.service_env(),
+        &[("TAGPOLL_ANYMETA_TIMEOUT_MS", "120000")],
+    );
+    let uids = [JAN_1, JAN_2, NOBODY];
+    for (i, uid) in uids.iter().enumerate() {
+        tap_at(&r.js, "ra", uid, &format!("stop-{i}")).await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "every tag's lookup in flight",
+        || async {
+            match r.fake.total_requests() {
+                n if n >= uids.len() => Ok(()),
+                n => Err(format!("{n} requests")),
+            }
+        },
+    )
+    .await;
+    first.stop();
+    let log = plain_log(first.log_path());
+    assert!(log.contains("stopping: handing back reads"), "{log}");
+    assert_eq!(stream_len(&r.js, names::STREAM_IDENTIFIED).await, 0);
+
+    r.fake.set_latency(Duration::ZERO);
+    let _second = identity(&r.bus, &r.fake.service_env(), &[]);
+    // Half the ack wait: reads left unacknowledged by the first instance would miss it.
+    let patience = tagpoll_identity::service::ACK_WAIT / 2;
+    wait_len(&r.js, names::STREAM_IDENTIFIED, 3, patience).await;
+    let want: Vec<String> = (0..3).map(|i| format!("stop-{i}")).collect();
+    assert_once_each(&identified(&r.js).await, &want);
+}
+
 /// Truncated JSON is transient: retried, then resolved exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_answers_are_retried() {

@@ -52,9 +52,10 @@ async fn main() -> anyhow::Result<()> {
         counters,
         options: args.settings.service_options(),
     };
-    tokio::select! {
-        r = service::run(identity) => r?,
-        _ = tagpoll_bus::shutdown_signal() => tracing::info!("shutting down"),
-    }
+    service::run(identity, async {
+        tagpoll_bus::shutdown_signal().await;
+        tracing::info!("shutting down");
+    })
+    .await?;
     Ok(())
 }

@@ -18,6 +18,12 @@
 //! A backend that is unavailable makes the read go back to JetStream (nak) with a delay that
 //! grows with its deliveries (and is at least the anyMeta breaker's cool-down), plus jitter:
 //! nothing is dropped and nothing falls back to another backend.
+//!
+//! **Stopping.** When the shutdown future resolves, intake stops, lookups still running are
+//! cancelled and their reads handed back at once (nak without delay), as are reads the client
+//! had already fetched but not yet given us; publishes in flight are waited for and acked.
+//! Another instance (or the next start) then gets those reads right away instead of after
+//! [`ACK_WAIT`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -26,6 +32,8 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self, AckKind, consumer::pull, context::PublishAckFuture, message::Message,
 };
+use std::future::Future;
+
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -138,8 +146,12 @@ struct Ctx {
 type Resolving = FuturesOrdered<BoxFuture<'static, (Ctx, Lookup)>>;
 type Acks = FuturesOrdered<BoxFuture<'static, (Ctx, Result<(), String>)>>;
 
-/// Runs the identity loop until the consumer's message stream ends.
-pub async fn run(identity: Identity) -> Result<(), BusError> {
+/// Runs the identity loop until the consumer's message stream ends or `shutdown` resolves;
+/// on shutdown every read this instance holds is acked or handed back before it returns.
+pub async fn run(
+    identity: Identity,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BusError> {
     let consumer = consumer(&identity.js).await?;
     let ledger = Ledger::start(&identity.js, &consumer).await?;
     let concurrency = identity.options.concurrency.max(1);
@@ -150,7 +162,7 @@ pub async fn run(identity: Identity) -> Result<(), BusError> {
              JetStream will hand out fewer reads at once"
         );
     }
-    let mut messages = consumer
+    let messages = consumer
         .stream()
         .max_messages_per_batch(concurrency.clamp(1, 500))
         .messages()
@@ -163,23 +175,41 @@ pub async fn run(identity: Identity) -> Result<(), BusError> {
         "identity consuming {}",
         names::STREAM_READS
     );
+    let (stop, stopping) = watch::channel(false);
     let mut pipe = Pipeline {
         identity: &identity,
         ledger,
         resolving: FuturesOrdered::new(),
         acks: FuturesOrdered::new(),
         in_window: HashSet::new(),
+        stopping,
     };
+    let mut shutdown = std::pin::pin!(shutdown.fuse());
+    // Taken away on shutdown: dropping it ends our pull requests, so reads we hand back go to
+    // another instance, not to us again.
+    let mut intake = Some(messages);
     let mut open = true;
     while open || !pipe.resolving.is_empty() || !pipe.acks.is_empty() {
         let can_take = open && pipe.resolving.len() < concurrency && pipe.acks.len() < concurrency;
         tokio::select! {
             biased;
+            _ = &mut shutdown, if open => {
+                tracing::info!(
+                    resolving = pipe.resolving.len(),
+                    publishing = pipe.acks.len(),
+                    "stopping: handing back reads not yet stored"
+                );
+                open = false;
+                let _ = stop.send(true);
+                if let Some(messages) = intake.take() {
+                    hand_back_fetched(messages).await;
+                }
+            }
             Some((ctx, r)) = pipe.acks.next(), if !pipe.acks.is_empty() => pipe.finish(ctx, r).await,
             Some((ctx, lookup)) = pipe.resolving.next(), if !pipe.resolving.is_empty() => {
                 pipe.publish_stage(ctx, lookup).await
             }
-            m = messages.next(), if can_take => match m {
+            m = next_read(&mut intake), if can_take => match m {
                 None => open = false,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "reads consumer hiccup");
@@ -189,7 +219,34 @@ pub async fn run(identity: Identity) -> Result<(), BusError> {
             },
         }
     }
+    // Acks and naks are buffered by the client: make sure they reach the server.
+    if let Err(e) = identity.js.client().flush().await {
+        tracing::warn!(error = %e, "could not flush the last acks; those reads come again after {ACK_WAIT:?}");
+    }
     Ok(())
+}
+
+type Reads = pull::Stream;
+
+async fn next_read(intake: &mut Option<Reads>) -> Option<Result<Message, pull::MessagesError>> {
+    match intake {
+        Some(messages) => messages.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends our pull requests, then hands back (nak, no delay) the reads the client had fetched
+/// but we had not taken yet. The unsubscribe goes out before the naks (one connection, in
+/// order), so the server re-delivers them to another instance and not to this one.
+async fn hand_back_fetched(mut messages: Reads) {
+    let mut fetched = Vec::new();
+    while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
+        fetched.push(msg);
+    }
+    drop(messages);
+    for msg in fetched {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+    }
 }
 
 struct Pipeline<'a> {
@@ -199,6 +256,8 @@ struct Pipeline<'a> {
     acks: Acks,
     /// Stream sequences of our publishes awaiting their ack.
     in_window: HashSet<u64>,
+    /// Turns true on shutdown: lookups give up and reads go back at once.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Pipeline<'_> {
@@ -250,8 +309,17 @@ impl Pipeline<'_> {
         let config = id.config.borrow().clone();
         let backends = id.backends.clone();
         let uid = read.tag_uid.clone();
+        let mut stopping = self.stopping.clone();
         let task = tokio::spawn(
-            async move { backends.resolve(&config, &uid).await }.instrument(span.clone()),
+            async move {
+                tokio::select! {
+                    lookup = backends.resolve(&config, &uid) => lookup,
+                    _ = stopping.wait_for(|s| *s) => Lookup::Unavailable(
+                        crate::backend::Unavailable::new("shutting down".to_string()),
+                    ),
+                }
+            }
+            .instrument(span.clone()),
         );
         let ctx = Ctx {
             msg,
@@ -281,6 +349,12 @@ impl Pipeline<'_> {
 
     async fn publish_stage_inner(&mut self, mut ctx: Ctx, lookup: Lookup) {
         let id = self.identity;
+        if *self.stopping.borrow() {
+            // Whatever the lookup found, the next instance finds it again (cached).
+            let _ = ctx.msg.ack_with(AckKind::Nak(None)).await;
+            tracing::debug!("handed back on shutdown");
+            return;
+        }
         let identity = match lookup {
             Lookup::Found(voter) => v1::identified_read::Identity::Voter(voter),
             Lookup::Unknown => {

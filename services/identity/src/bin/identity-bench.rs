@@ -188,7 +188,7 @@ async fn scenario(
             options: settings.service_options(),
         };
         let t0 = Instant::now();
-        let task = tokio::spawn(service::run(identity));
+        let task = tokio::spawn(service::run(identity, std::future::pending()));
         let want = n * u64::from(phase + 1);
         wait_identified(&js, want, limit)
             .await
