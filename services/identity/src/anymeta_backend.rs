@@ -153,10 +153,7 @@ impl AnyMetaBackend {
         let inner = &self.inner;
         if let Some(hit) = inner.cache.get(uid).await {
             inc(&inner.counters.cache_hits);
-            return match hit {
-                Some(p) => AnyMetaAnswer::Person(p),
-                None => AnyMetaAnswer::NoPerson,
-            };
+            return answer_of(hit);
         }
         inc(&inner.counters.cache_misses);
         let me = self.clone();
@@ -165,8 +162,18 @@ impl AnyMetaBackend {
             .flights
             .run(
                 key.clone(),
+                // Asked again inside the flight: a flight of this tag that ended between our
+                // miss and now has just cached its answer, and anyMeta need not hear it twice.
                 // The call is logged in the span of the read that started it.
-                move || async move { me.fetch(&key).await }.in_current_span(),
+                move || {
+                    async move {
+                        match me.inner.cache.get(&key).await {
+                            Some(hit) => answer_of(hit),
+                            None => me.fetch(&key).await,
+                        }
+                    }
+                    .in_current_span()
+                },
                 AnyMetaAnswer::Unavailable(Unavailable::new("anyMeta lookup task failed")),
             )
             .await;
@@ -207,10 +214,7 @@ impl AnyMetaBackend {
                     }
                     clear_error(&inner.stats);
                     inner.cache.put(uid, person.as_ref()).await;
-                    return match person {
-                        Some(p) => AnyMetaAnswer::Person(p),
-                        None => AnyMetaAnswer::NoPerson,
-                    };
+                    return answer_of(person);
                 }
                 Err(e) => {
                     inc(&inner.counters.anymeta_failures);
@@ -257,6 +261,14 @@ impl AnyMetaBackend {
                 }
             }
         }
+    }
+}
+
+/// anyMeta's answer (fresh or cached) as a lookup's answer.
+fn answer_of(hit: Option<Person>) -> AnyMetaAnswer {
+    match hit {
+        Some(p) => AnyMetaAnswer::Person(p),
+        None => AnyMetaAnswer::NoPerson,
     }
 }
 
