@@ -231,6 +231,34 @@ async fn open_close_and_remap_take_effect_live_through_commands() {
     );
 }
 
+/// A restarted tally publishes its first snapshot only once the counts are rebuilt: the
+/// projector never flashes every answer at zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_tally_never_shows_zero_counts() {
+    let bus = TestBus::start();
+    ok(&bus.cli(&["load", &write_file(&bus, "event.toml", CONTROL_EVENT)]));
+    let _identity = bus.service("tagpoll-identity", &[], &[]);
+    let mut tally = bus.service("tagpoll-tally", &[], &[]);
+    for tag in ["0A0B0C01", "0A0B0C02"] {
+        assert!(ok(&bus.cli(&["tap", "--reader", "r1", "--tag", tag])).contains("ACCEPTED"));
+    }
+    tally.stop();
+
+    let client = bus.client().await;
+    let mut snapshots = client.subscribe(subjects::results("p")).await.unwrap();
+    client.flush().await.unwrap();
+    let _tally = bus.service("tagpoll-tally", &[], &[]);
+    // The first snapshots after the start (an idle tally refreshes every 5 s).
+    for _ in 0..2 {
+        let m = tokio::time::timeout(Duration::from_secs(20), snapshots.next())
+            .await
+            .expect("a results snapshot from the restarted tally")
+            .unwrap();
+        let r = v1::PollResults::decode(m.payload.as_ref()).unwrap();
+        assert_eq!(r.total, 2, "snapshot after restart: {r:?}");
+    }
+}
+
 const CRASH_EVENT: &str = r#"
 [event]
 id = "crash"

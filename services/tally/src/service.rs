@@ -181,14 +181,9 @@ pub async fn run(
         shared.clone(),
         options.partition,
     ));
-    let publisher = tokio::spawn(publish_snapshots(
-        client,
-        js.clone(),
-        results_kv,
-        config.clone(),
-        shared.clone(),
-        options.clone(),
-    ));
+    // Started after the first rebuild: before it, the counts are empty, and a
+    // snapshot of them would show every poll at zero on the projector.
+    let mut publisher = None;
     let mut backoff = Duration::from_millis(200);
     let result = loop {
         let rebuilt = match rebuild(&js, options.partition, options.max_in_flight).await {
@@ -203,6 +198,16 @@ pub async fn run(
         };
         let resume_after = rebuilt.resume_after;
         *shared.ballots() = rebuilt.ballots;
+        publisher.get_or_insert_with(|| {
+            tokio::spawn(publish_snapshots(
+                client.clone(),
+                js.clone(),
+                results_kv.clone(),
+                config.clone(),
+                shared.clone(),
+                options.clone(),
+            ))
+        });
         for poll in config.borrow().polls.keys() {
             if options.partition.owns(poll) {
                 shared.mark_dirty(poll);
@@ -219,7 +224,9 @@ pub async fn run(
         }
     };
     watcher.abort();
-    publisher.abort();
+    if let Some(p) = publisher {
+        p.abort();
+    }
     result
 }
 
