@@ -106,7 +106,16 @@ pub async fn run(
                 .map_err(|e| anyhow::anyhow!("subscribing to {}: {e}", subjects::FEEDBACK_ALL))?;
             tokio::spawn(follow_names(names, inputs_tx.clone()));
         }
-        tokio::spawn(follow_outcomes(js, inputs_tx.clone()));
+        // Where "new" votes begin, fixed now: a vote stored from here on is
+        // notified even if following the stream needs a retry first.
+        let last_stored = match js.get_stream(names::STREAM_VOTES).await {
+            Ok(s) => Some(s.cached_info().state.last_sequence),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look at the vote stream yet; votes are notified from when it answers");
+                None
+            }
+        };
+        tokio::spawn(follow_outcomes(js, last_stored, inputs_tx.clone()));
     }
 
     let mut bridge = Bridge {
@@ -495,22 +504,24 @@ async fn follow_names(mut feedback: async_nats::Subscriber, out: mpsc::Sender<In
     tracing::warn!("feedback subscription ended; personal votes go out without names");
 }
 
-/// Follows the vote stream from "new" with an ordered consumer; after an
-/// error it resumes right after the last outcome seen.
-async fn follow_outcomes(js: jetstream::Context, out: mpsc::Sender<Input>) {
-    let mut last_seq: Option<u64> = None;
+/// Follows the vote stream with an ordered consumer from just after
+/// `last_seq` (the stream's last sequence when the bridge started; `None`:
+/// when the stream first answers); after an error it resumes right after
+/// the last outcome seen.
+async fn follow_outcomes(
+    js: jetstream::Context,
+    mut last_seq: Option<u64>,
+    out: mpsc::Sender<Input>,
+) {
     loop {
-        let deliver_policy = match last_seq {
-            None => consumer::DeliverPolicy::New,
-            Some(s) => consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: s + 1,
-            },
-        };
         let messages = async {
             let stream = js.get_stream(names::STREAM_VOTES).await?;
+            let after = *last_seq.get_or_insert(stream.cached_info().state.last_sequence);
             let consumer = stream
                 .create_consumer(consumer::pull::OrderedConfig {
-                    deliver_policy,
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    },
                     filter_subject: subjects::OUTCOMES_ALL.to_string(),
                     ..Default::default()
                 })
