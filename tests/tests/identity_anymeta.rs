@@ -212,13 +212,10 @@ async fn bad_credentials_keep_reads_until_the_config_is_fixed() {
     for i in 0..3 {
         tap_at(&r.js, "ra", JAN_1, &format!("cred-{i}")).await;
     }
-    let beats = identity_heartbeats(&r.client, Duration::from_secs(5)).await;
-    let hb = beats.values().next().expect("an identity heartbeat");
-    assert!(
-        hb.last_error.contains("credentials") && hb.last_error.contains("99"),
-        "last_error: {:?}",
-        hb.last_error
-    );
+    let hb = wait_identity_heartbeat(&r.client, Duration::from_secs(30), |hb| {
+        hb.last_error.contains("credentials") && hb.last_error.contains("99")
+    })
+    .await;
     assert_eq!(hb.handled, 0);
     assert_eq!(stream_len(&r.js, names::STREAM_IDENTIFIED).await, 0);
     assert_eq!(

@@ -146,9 +146,17 @@ impl FakeAnyMeta {
     }
 
     pub async fn start_with(creds: FakeCredentials) -> FakeAnyMeta {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("fake anyMeta: bind 127.0.0.1:0");
+        // Below the kernel's ephemeral range: `go_down` frees the port, and an
+        // outgoing connection must not be handed it before `come_up` binds again.
+        let mut tries = 0;
+        let listener = loop {
+            let port = tagpoll_bus::nats_server::free_port().expect("fake anyMeta: a free port");
+            match TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(l) => break l,
+                Err(e) if tries >= 20 => panic!("fake anyMeta: bind 127.0.0.1:{port}: {e}"),
+                Err(_) => tries += 1,
+            }
+        };
         let addr = listener.local_addr().expect("fake anyMeta: local address");
         let state = Arc::new(FakeState {
             creds,

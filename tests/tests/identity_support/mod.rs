@@ -11,7 +11,9 @@ use tagpoll_tests::*;
 
 /// Settings that make failures show up and heal within a test's patience.
 pub const FAST: &[(&str, &str)] = &[
-    ("TAGPOLL_ANYMETA_TIMEOUT_MS", "1000"),
+    // Long enough for a loaded CI machine: a timed-out call that the fake did
+    // answer would be asked again and break the tests' exact lookup counts.
+    ("TAGPOLL_ANYMETA_TIMEOUT_MS", "5000"),
     ("TAGPOLL_ANYMETA_RETRIES", "1"),
     ("TAGPOLL_ANYMETA_BREAKER_FAILURES", "3"),
     ("TAGPOLL_ANYMETA_BREAKER_COOLDOWN_MS", "500"),
@@ -89,6 +91,30 @@ pub async fn identity_heartbeats(
         latest.insert(hb.instance.clone(), hb);
     }
     latest
+}
+
+/// The first identity heartbeat within `limit` that `wanted` accepts (panics naming the last
+/// one seen otherwise): a heartbeat comes every 2 s, and a loaded machine may take a while
+/// to start the service.
+pub async fn wait_identity_heartbeat(
+    client: &async_nats::Client,
+    limit: Duration,
+    wanted: impl Fn(&v1::Heartbeat) -> bool,
+) -> v1::Heartbeat {
+    let mut sub = client
+        .subscribe(subjects::heartbeat("service", "identity", "*"))
+        .await
+        .expect("subscribe heartbeats");
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = None;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        let hb = v1::Heartbeat::decode(m.payload.as_ref()).expect("heartbeat");
+        if wanted(&hb) {
+            return hb;
+        }
+        last = Some(hb);
+    }
+    panic!("no wanted identity heartbeat within {limit:?}; last: {last:?}")
 }
 
 /// Publishes a tap with `device_seq` set, waiting for JetStream's ack.
