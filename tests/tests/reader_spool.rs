@@ -25,8 +25,9 @@ const DEVICE: &str = "bar";
 /// The tags written so far, each with the phase it was written in.
 type Written = Arc<Mutex<Vec<(u8, [u8; 5])>>>;
 
-/// Writes one ID-12 frame of a new tag every 25 ms, recording each tag with
-/// the phase it was written in, until stopped.
+/// Writes one ID-12 frame of a new tag every 60 ms (a busy reader: a person
+/// taps about once a second), recording each tag with the phase it was
+/// written in, until stopped.
 struct Tapper {
     stop: Arc<AtomicBool>,
     phase: Arc<AtomicU8>,
@@ -48,7 +49,7 @@ impl Tapper {
                 let uid = [0x44, phase, (n >> 8) as u8, n as u8, 0x5A];
                 write(&mut master, &id12_frame(uid)).await;
                 w.lock().unwrap().push((phase, uid));
-                sleep(Duration::from_millis(25)).await;
+                sleep(Duration::from_millis(60)).await;
             }
             master
         });
@@ -69,6 +70,20 @@ impl Tapper {
         let master = self.task.await.expect("tapper");
         let written = self.written.lock().unwrap().clone();
         (master, written)
+    }
+}
+
+/// The taps the reader logged, once no new one came for a second (at most 20 s).
+async fn settled_taps(reader: &tagpoll::dev::ServiceProcess) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut taps = logged_taps(reader);
+    loop {
+        sleep(Duration::from_secs(1)).await;
+        let now = logged_taps(reader);
+        if now.len() == taps.len() || std::time::Instant::now() > deadline {
+            return now;
+        }
+        taps = now;
     }
 }
 
@@ -122,10 +137,9 @@ async fn sigkill_while_nats_is_down_loses_and_doubles_no_accepted_tap() {
     sleep(Duration::from_millis(800)).await;
     let (_master, written) = tapper.stop().await;
 
-    // Let the reader take the last frames, then everything it accepted must
-    // arrive, and nothing more may follow.
-    sleep(Duration::from_secs(1)).await;
-    let accepted = logged_taps(&reader);
+    // Let the reader take the last frames (until its log stops growing), then
+    // everything it accepted must arrive, and nothing more may follow.
+    let accepted = settled_taps(&reader).await;
     let client = bus.client().await;
     let js = async_nats::jetstream::new(client);
     let stored = reads_after(&js, accepted.len(), Duration::from_millis(2000)).await;
