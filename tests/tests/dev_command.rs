@@ -71,7 +71,31 @@ async fn dev_runs_the_system_counts_taps_and_stops_cleanly() {
 
     // Same data folder, no simulator: state survived, and one tap is one vote.
     let dev = DevProcess::start(data.path(), &http, &["--no-sim"]);
-    let before = total(&http, "drink").await;
+    // Taps the first run stored but had not decided yet are decided now: wait
+    // until every read has its outcome and the page shows them all.
+    let js = async_nats::jetstream::new(
+        async_nats::connect(dev.nats_url.as_str())
+            .await
+            .expect("connect to the dev server"),
+    );
+    let before = eventually(Duration::from_secs(30), "every stored tap decided", || {
+        let (js, http) = (js.clone(), http.clone());
+        async move {
+            let reads = stream_len(&js, names::STREAM_READS).await;
+            let votes = stream_len(&js, names::STREAM_VOTES).await;
+            let shown = total(&http, "drink").await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let again = total(&http, "drink").await;
+            if reads == votes && shown == again && shown > first {
+                Ok(shown)
+            } else {
+                Err(format!(
+                    "{reads} reads, {votes} outcomes, page shows {shown} then {again}"
+                ))
+            }
+        }
+    })
+    .await;
     assert!(before > first, "counts survived the restart ({before})");
     let env = vec![("NATS_URL".to_string(), dev.nats_url.clone())];
     let out = cli_with_env(
