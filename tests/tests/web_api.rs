@@ -755,20 +755,22 @@ async fn status_kiosk_stream_metrics_and_openapi() {
         }],
         ..Default::default()
     };
-    client
-        .publish(
-            subjects::heartbeat("device", "box-1", "box-1-test"),
-            hb.encode_to_vec().into(),
-        )
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
+    // Sent on every check, as a live device would: it counts as online for
+    // only 3 s after each one, and the services may take longer to show up.
     let st = eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "status with services and the device",
         || {
-            let stack = &stack;
+            let (stack, client, hb) = (&stack, &client, &hb);
             async move {
+                client
+                    .publish(
+                        subjects::heartbeat("device", "box-1", "box-1-test"),
+                        hb.encode_to_vec().into(),
+                    )
+                    .await
+                    .unwrap();
+                client.flush().await.unwrap();
                 let (status, st) = stack.admin("GET", "/api/admin/status", None).await;
                 let online = |kind: &str, name: &str| {
                     st[kind]

@@ -407,8 +407,9 @@ async fn pages_update_live_answer_the_voter_and_guard_admin() {
     .await;
     b.screenshot("projector").await;
 
-    // 2. Kiosk: the voter is greeted with their name and answer, then idle.
-    b.goto(&format!("{site}/kiosk/yes?hold=2")).await;
+    // 2. Kiosk: the voter is greeted with their name and answer, then idle
+    // (held 6 s: long enough to be seen by a slow poll of the page).
+    b.goto(&format!("{site}/kiosk/yes?hold=6")).await;
     b.wait_for(
         "the kiosk's answer",
         "return document.getElementById('answer').textContent",
