@@ -427,8 +427,10 @@ async fn a_retried_tap_is_not_overtaken_by_a_later_tap_of_the_same_tag() {
         &[
             ("TAGPOLL_ANYMETA_RETRIES", "0"),
             ("TAGPOLL_ANYMETA_BREAKER_FAILURES", "100"),
-            ("TAGPOLL_IDENTITY_RETRY_MS", "1500"),
-            ("TAGPOLL_IDENTITY_RETRY_MAX_MS", "3000"),
+            // Long enough (4-6 s with jitter) that the second tap surely
+            // arrives and is looked up while the first waits, even under load.
+            ("TAGPOLL_IDENTITY_RETRY_MS", "5000"),
+            ("TAGPOLL_IDENTITY_RETRY_MAX_MS", "8000"),
         ],
     );
     let _tally = r.bus.service("tagpoll-tally", &[], &[]);
