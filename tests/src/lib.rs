@@ -351,15 +351,26 @@ pub async fn stream_messages(
 }
 
 /// Messages stored in a stream.
+///
+/// A request that fails (a JetStream API timeout just after a server restart on a loaded
+/// machine) is asked again for up to 15 s before the test fails, so callers inside
+/// [`eventually`] are not cut short by one slow answer.
 pub async fn stream_len(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .messages
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let info = async {
+            let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+            s.info()
+                .await
+                .map(|i| i.state.messages)
+                .map_err(|e| e.to_string())
+        };
+        match info.await {
+            Ok(n) => return n,
+            Err(e) if Instant::now() > deadline => panic!("length of stream {stream}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// Waits until `stream` holds `n` messages.
