@@ -277,7 +277,7 @@ async fn a_stopped_instance_hands_its_reads_back_at_once() {
         tap_at(&r.js, "ra", uid, &format!("stop-{i}")).await;
     }
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "every tag's lookup in flight",
         || async {
             match r.fake.total_requests() {

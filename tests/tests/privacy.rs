@@ -36,7 +36,8 @@ tags = ["04A1B2C3"]
 "#;
 
 async fn next(outcomes: &mut async_nats::Subscriber) -> v1::VoteOutcome {
-    let m = tokio::time::timeout(Duration::from_secs(10), outcomes.next())
+    // Generous: the first tap may come before the services just started are ready.
+    let m = tokio::time::timeout(Duration::from_secs(60), outcomes.next())
         .await
         .unwrap()
         .unwrap();

@@ -67,7 +67,8 @@ async fn open_close_and_remap_take_effect_live_through_commands() {
         &[("TAGPOLL_METRICS_ADDR", metrics_addr.as_str())],
     );
 
-    let tap = |tag: &str| bus.cli(&["tap", "--reader", "r1", "--tag", tag]);
+    // Generous: the first tap may come before the services just started are ready.
+    let tap = |tag: &str| bus.cli(&["tap", "--reader", "r1", "--tag", tag, "--wait", "60"]);
     assert!(ok(&tap("01020304")).contains("ACCEPTED  poll=p answer=yes"));
 
     assert_eq!(
@@ -240,7 +241,8 @@ async fn a_restarted_tally_never_shows_zero_counts() {
     let _identity = bus.service("tagpoll-identity", &[], &[]);
     let mut tally = bus.service("tagpoll-tally", &[], &[]);
     for tag in ["0A0B0C01", "0A0B0C02"] {
-        assert!(ok(&bus.cli(&["tap", "--reader", "r1", "--tag", tag])).contains("ACCEPTED"));
+        let out = bus.cli(&["tap", "--reader", "r1", "--tag", tag, "--wait", "60"]);
+        assert!(ok(&out).contains("ACCEPTED"));
     }
     tally.stop();
 

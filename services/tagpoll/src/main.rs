@@ -56,6 +56,9 @@ enum Cmd {
         /// Do not wait for the outcome.
         #[arg(long)]
         no_wait: bool,
+        /// Seconds to wait for the outcome (services just started may need longer).
+        #[arg(long, default_value_t = 10, conflicts_with = "no_wait")]
+        wait: u64,
     },
     /// Print outcomes as they happen, one line each.
     Tail {
@@ -242,7 +245,11 @@ async fn main() -> anyhow::Result<()> {
             tag,
             device,
             no_wait,
-        } => tap(reader, tag, device, no_wait).await?,
+            wait,
+        } => {
+            let wait = (!no_wait).then(|| Duration::from_secs(wait));
+            tap(reader, tag, device, wait).await?
+        }
         Cmd::Tail { all } => tail(all).await?,
         Cmd::Results { poll, json } => results(poll, json).await?,
         Cmd::Bench {
@@ -375,7 +382,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn tap(reader: String, tag: String, device: String, no_wait: bool) -> anyhow::Result<()> {
+/// Stores a tap; with `wait`, prints its outcome (or fails after that long).
+async fn tap(
+    reader: String,
+    tag: String,
+    device: String,
+    wait: Option<Duration>,
+) -> anyhow::Result<()> {
     for (what, id) in [("--reader", &reader), ("--device", &device)] {
         tagpoll_proto::ids::check_id(id).map_err(|e| anyhow::anyhow!("{what} {id:?} {e}"))?;
     }
@@ -404,10 +417,10 @@ async fn tap(reader: String, tag: String, device: String, no_wait: bool) -> anyh
     )
     .await?;
     println!("tap {read_id} stored as read #{seq}");
-    if no_wait {
+    let Some(limit) = wait else {
         return Ok(());
-    }
-    let wait = async {
+    };
+    let outcome = async {
         while let Some(msg) = outcomes.next().await {
             if let Ok(o) = v1::VoteOutcome::decode(msg.payload.as_ref())
                 && o.read_id == read_id
@@ -417,10 +430,11 @@ async fn tap(reader: String, tag: String, device: String, no_wait: bool) -> anyh
         }
         None
     };
-    match tokio::time::timeout(Duration::from_secs(10), wait).await {
+    match tokio::time::timeout(limit, outcome).await {
         Ok(Some(o)) => println!("{}", show::outcome_line(&o)),
         _ => bail!(
-            "no outcome for {read_id} within 10 s: are the identity and tally services running?"
+            "no outcome for {read_id} within {} s (--wait): are the identity and tally services running?",
+            limit.as_secs()
         ),
     }
     Ok(())
