@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tagpoll::nats_server::{find_binary, free_port};
+use tagpoll::nats_server::{find_binary, free_port, log_len, wait_for_server};
 
 /// The roles of `deploy/nats/users.conf` whose passwords come from the
 /// environment (`TAGPOLL_NATS_PW_<ROLE>`).
@@ -61,6 +61,8 @@ pub struct ServerProcess {
     port: u16,
     http_port: u16,
     child: Option<Child>,
+    /// Where the running child's part of the log begins.
+    log_from: u64,
 }
 
 impl ServerProcess {
@@ -95,6 +97,7 @@ impl ServerProcess {
             port,
             http_port,
             child: None,
+            log_from: 0,
         };
         p.spawn()?;
         Ok(p)
@@ -102,6 +105,7 @@ impl ServerProcess {
 
     fn spawn(&mut self) -> Result<(), String> {
         let binary = find_binary().map_err(|e| e.to_string())?;
+        self.log_from = log_len(&self.log);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -124,32 +128,21 @@ impl ServerProcess {
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
-        let start = Instant::now();
-        let addr = format!("127.0.0.1:{}", self.port);
-        loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-                use std::io::Read;
-                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                let mut buf = [0u8; 4];
-                if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
-                    return Ok(());
-                }
-            }
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-                .is_some();
-            if exited || start.elapsed() > limit {
-                return Err(format!(
-                    "nats-server {} ({}) did not serve {addr} within {limit:?}; its log:\n{}",
-                    self.name,
-                    self.conf.display(),
-                    self.log_tail(30)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_server(
+            self.port,
+            self.child.as_mut(),
+            &self.log,
+            self.log_from,
+            limit,
+        )
+        .map_err(|e| {
+            format!(
+                "nats-server {} ({}): {e}\n{}",
+                self.name,
+                self.conf.display(),
+                self.log_tail(30)
+            )
+        })
     }
 
     /// `nats://127.0.0.1:PORT`

@@ -167,6 +167,7 @@ impl NatsServer {
         let conf_path = dir.join("nats.conf");
         std::fs::write(&conf_path, conf).map_err(|e| io(&conf_path, e))?;
         let log_path = dir.join("nats-server.log");
+        let log_from = log_len(&log_path);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -184,12 +185,13 @@ impl NatsServer {
         crate::process::die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|e| io(&self.binary, e))?;
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(20))
-    }
-
-    fn wait_ready(&mut self, limit: Duration) -> Result<(), NatsServerError> {
-        let log = self.opts.dir.join("nats-server.log");
-        wait_for_server(self.port, self.child.as_mut(), &log, limit)
+        wait_for_server(
+            self.port,
+            self.child.as_mut(),
+            &log_path,
+            log_from,
+            Duration::from_secs(20),
+        )
     }
 
     /// `nats://127.0.0.1:PORT`
@@ -234,13 +236,34 @@ impl Drop for NatsServer {
     }
 }
 
+/// Length of `log` now: where a server started next begins writing.
+pub fn log_len(log: &Path) -> u64 {
+    std::fs::metadata(log).map_or(0, |m| m.len())
+}
+
+/// Whether the log written since byte `from` says the server is ready (it
+/// bound its ports; it exits when it cannot).
+fn log_says_ready(log: &Path, from: u64) -> bool {
+    use std::io::{Read, Seek};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return false;
+    };
+    let mut text = String::new();
+    f.seek(std::io::SeekFrom::Start(from)).is_ok()
+        && f.read_to_string(&mut text).is_ok()
+        && text.contains("Server is ready")
+}
+
 /// Waits until the server on `port` sends its INFO line (it then really
-/// serves); fails early if `child` exited, or after `limit`, quoting the end
-/// of its `log`.
-fn wait_for_server(
+/// serves) and its own `log`, from byte `log_from` on, says it is ready: a
+/// different process answering on the port (one that took it between the
+/// pick and our bind) does not count. Fails early if `child` exited, or
+/// after `limit`, quoting the end of its `log`.
+pub fn wait_for_server(
     port: u16,
     mut child: Option<&mut Child>,
     log: &Path,
+    log_from: u64,
     limit: Duration,
 ) -> Result<(), NatsServerError> {
     let start = Instant::now();
@@ -250,7 +273,7 @@ fn wait_for_server(
             use std::io::Read;
             let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
             let mut buf = [0u8; 4];
-            if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
+            if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" && log_says_ready(log, log_from) {
                 return Ok(());
             }
         }
@@ -285,6 +308,8 @@ struct ClusterNode {
     port: u16,
     conf: PathBuf,
     child: Option<Child>,
+    /// Where the running child's part of the log begins.
+    log_from: u64,
 }
 
 impl NatsCluster {
@@ -322,6 +347,7 @@ impl NatsCluster {
                 port: *port,
                 conf,
                 child: None,
+                log_from: 0,
             });
         }
         let mut cluster = NatsCluster { nodes, binary };
@@ -337,6 +363,7 @@ impl NatsCluster {
     fn spawn(&mut self, i: usize) -> Result<(), NatsServerError> {
         let node = &mut self.nodes[i];
         let log_path = node.dir.join("nats-server.log");
+        node.log_from = log_len(&log_path);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -360,6 +387,7 @@ impl NatsCluster {
             node.port,
             node.child.as_mut(),
             &log,
+            node.log_from,
             Duration::from_secs(30),
         )
     }
@@ -426,5 +454,28 @@ mod tests {
         }
         let distinct: std::collections::HashSet<_> = ports.iter().collect();
         assert!(distinct.len() > 15, "picks spread out: {ports:?}");
+    }
+
+    /// A server that cannot bind its port must not pass for ready because
+    /// another server answers there.
+    #[test]
+    fn a_port_answered_by_another_server_is_not_taken_for_ours() {
+        let base = std::env::temp_dir().join(format!("tagpoll-bus-ready-{}", std::process::id()));
+        let opts = |name: &str, port: u16| ServerOptions {
+            dir: base.join(name),
+            port,
+            sync_always: false,
+        };
+        let first = NatsServer::start(opts("first", 0)).expect("first server");
+        let second = NatsServer::start(opts("second", first.port()));
+        match second {
+            Err(NatsServerError::NotReady { log, .. }) => {
+                assert!(log.contains("address already in use"), "{log}")
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("the second server passed for ready on the first one's port"),
+        }
+        drop(first);
+        let _ = std::fs::remove_dir_all(&base);
     }
 }
