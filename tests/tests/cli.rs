@@ -66,3 +66,22 @@ fn tap_rejects_a_malformed_tag_before_connecting() {
         "{err}"
     );
 }
+
+#[test]
+fn tap_wait_must_be_positive_and_excludes_no_wait() {
+    let (ok, _, err) = run(&["tap", "--reader", "r1", "--tag", "0A0B", "--wait", "0"]);
+    assert!(!ok);
+    assert!(err.contains("--wait"), "{err}");
+    let (ok, _, err) = run(&[
+        "tap",
+        "--reader",
+        "r1",
+        "--tag",
+        "0A0B",
+        "--wait",
+        "5",
+        "--no-wait",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("cannot be used with"), "{err}");
+}

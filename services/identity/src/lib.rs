@@ -7,6 +7,8 @@
 //!   [`breaker`], with retries.
 //! - [`people_csv`]: the CSV people file (`TAGPOLL_IDENTITY_CSV`).
 //! - [`order`]: the ledger that keeps taps of one tag in order across retries and instances.
+//! - [`intake`]: reads taken from the shared consumer one pull batch at a time, so a stop
+//!   can end cleanly.
 //! - [`service`]: the pipeline: reads stream → lookups → identified stream.
 //! - [`settings`]: the environment contract (`TAGPOLL_IDENTITY_*`, `TAGPOLL_ANYMETA_*`).
 //! - [`counters`]: what one instance did, for the heartbeat and the logs.
@@ -21,6 +23,7 @@ pub mod breaker;
 pub mod cache;
 pub mod counters;
 pub mod fake_anymeta;
+pub mod intake;
 pub mod order;
 pub mod people_csv;
 pub mod service;

@@ -52,8 +52,10 @@ async fn main() -> anyhow::Result<()> {
         counters,
         options: args.settings.service_options(),
     };
+    // Listening for signals from now on (not only once the service runs).
+    let signal = tokio::spawn(tagpoll_bus::shutdown_signal());
     service::run(identity, async {
-        tagpoll_bus::shutdown_signal().await;
+        let _ = signal.await;
         tracing::info!("shutting down");
     })
     .await?;

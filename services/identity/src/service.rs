@@ -3,7 +3,7 @@
 //! The pipeline of one instance:
 //!
 //! 1. **Intake.** Reads come from the durable pull consumer `identity` (shared by every
-//!    instance). Up to [`ServiceOptions::concurrency`] reads are resolved at once, each in its
+//!    instance), one pull batch at a time ([`crate::intake`]). Up to [`ServiceOptions::concurrency`] reads are resolved at once, each in its
 //!    own task (lookups of one tag share one anyMeta call, see [`crate::anymeta_backend`]).
 //! 2. **In order.** Results are taken in the order the reads arrived (a `FuturesOrdered`), so
 //!    when nothing fails `TAGPOLL_IDENTIFIED` keeps `TAGPOLL_READS` order.
@@ -19,10 +19,11 @@
 //! grows with its deliveries (and is at least the anyMeta breaker's cool-down), plus jitter:
 //! nothing is dropped and nothing falls back to another backend.
 //!
-//! **Stopping.** When the shutdown future resolves, intake stops, lookups still running are
-//! cancelled and their reads handed back at once (nak without delay), as are reads the client
-//! had already fetched but not yet given us; publishes in flight are waited for and acked.
-//! Another instance (or the next start) then gets those reads right away instead of after
+//! **Stopping.** When the shutdown future resolves, no new batch of reads is asked for
+//! ([`crate::intake`]); what the current batch still brings is handed back at once (nak
+//! without delay), lookups still running are cancelled and their reads handed back too, and
+//! publishes in flight are waited for and acked, for at most [`STOP_LIMIT`]. Another
+//! instance (or the next start) then gets those reads right away instead of after
 //! [`ACK_WAIT`].
 
 use std::collections::HashSet;
@@ -32,8 +33,6 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self, AckKind, consumer::pull, context::PublishAckFuture, message::Message,
 };
-use std::future::Future;
-
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -45,12 +44,15 @@ use tracing::Instrument;
 
 use crate::backend::{Backends, Lookup};
 use crate::counters::{Counters, inc};
+use crate::intake::{BATCH_EXPIRES, Intake};
 use crate::order::Ledger;
 
 /// How long before an unacknowledged read is re-delivered.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Most reads the `identity` consumer hands out unacknowledged, all instances together.
 pub const MAX_ACK_PENDING: i64 = 1000;
+/// Longest a stop waits for the reads it holds (lookups, publishes) before it exits anyway.
+pub const STOP_LIMIT: Duration = Duration::from_secs(10);
 /// Longest nak delay of a read held back for an earlier tap of its tag.
 pub const ORDER_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Shown at the kiosk for an unknown tag when the event has no `unknown_tag_hint`.
@@ -162,12 +164,6 @@ pub async fn run(
              JetStream will hand out fewer reads at once"
         );
     }
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency.clamp(1, 500))
-        .messages()
-        .await
-        .map_err(|e| BusError::js("consuming reads", e))?;
     tracing::info!(
         concurrency,
         anymeta = identity.backends.anymeta.is_some(),
@@ -184,13 +180,19 @@ pub async fn run(
         in_window: HashSet::new(),
         stopping,
     };
-    let mut shutdown = std::pin::pin!(shutdown.fuse());
-    // Taken away on shutdown: dropping it ends our pull requests, so reads we hand back go to
-    // another instance, not to us again.
-    let mut intake = Some(messages);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut intake = Intake::new(consumer, concurrency.clamp(1, 500));
     let mut open = true;
+    // Set on shutdown: reads still held then come back after the ack wait.
+    let mut give_up = None;
     while open || !pipe.resolving.is_empty() || !pipe.acks.is_empty() {
         let can_take = open && pipe.resolving.len() < concurrency && pipe.acks.len() < concurrency;
+        let deadline = async {
+            match give_up {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = &mut shutdown, if open => {
@@ -200,52 +202,59 @@ pub async fn run(
                     "stopping: handing back reads not yet stored"
                 );
                 open = false;
+                give_up = Some(tokio::time::Instant::now() + STOP_LIMIT);
                 let _ = stop.send(true);
-                if let Some(messages) = intake.take() {
-                    hand_back_fetched(messages).await;
-                }
+                hand_back_fetched(&mut intake).await;
+            }
+            _ = deadline => {
+                tracing::warn!(
+                    resolving = pipe.resolving.len(),
+                    publishing = pipe.acks.len(),
+                    "stopping without waiting longer; these reads come again after {ACK_WAIT:?}"
+                );
+                break;
             }
             Some((ctx, r)) = pipe.acks.next(), if !pipe.acks.is_empty() => pipe.finish(ctx, r).await,
             Some((ctx, lookup)) = pipe.resolving.next(), if !pipe.resolving.is_empty() => {
                 pipe.publish_stage(ctx, lookup).await
             }
-            m = next_read(&mut intake), if can_take => match m {
-                None => open = false,
-                Some(Err(e)) => {
+            Some(m) = intake.next(), if can_take => match m {
+                Err(e) => {
                     tracing::warn!(error = %e, "reads consumer hiccup");
                     identity.stats.error(&e);
                 }
-                Some(Ok(msg)) => pipe.intake(msg).await,
+                Ok(msg) => pipe.intake(msg).await,
             },
         }
     }
-    // Acks and naks are buffered by the client: make sure they reach the server.
-    if let Err(e) = identity.js.client().flush().await {
-        tracing::warn!(error = %e, "could not flush the last acks; those reads come again after {ACK_WAIT:?}");
+    // Acks and naks are buffered by the client; one request answered by the server shows it
+    // has read everything sent before (a flush only reaches our own socket).
+    let settled = tokio::time::timeout(Duration::from_secs(2), identity.js.query_account()).await;
+    if !matches!(settled, Ok(Ok(_))) {
+        tracing::warn!(
+            "the server did not confirm the last acks; those reads may come again after {ACK_WAIT:?}"
+        );
     }
     Ok(())
 }
 
-type Reads = pull::Stream;
-
-async fn next_read(intake: &mut Option<Reads>) -> Option<Result<Message, pull::MessagesError>> {
-    match intake {
-        Some(messages) => messages.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Ends our pull requests, then hands back (nak, no delay) the reads the client had fetched
-/// but we had not taken yet. The unsubscribe goes out before the naks (one connection, in
-/// order), so the server re-delivers them to another instance and not to this one.
-async fn hand_back_fetched(mut messages: Reads) {
-    let mut fetched = Vec::new();
-    while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
-        fetched.push(msg);
-    }
-    drop(messages);
-    for msg in fetched {
-        let _ = msg.ack_with(AckKind::Nak(None)).await;
+/// Asks for no new batch of reads and hands back (nak, no delay) what the current one still
+/// brings. Once that batch has ended the server sends us nothing more, so the reads handed
+/// back now and after go to another instance, not to this one again.
+async fn hand_back_fetched(intake: &mut Intake) {
+    intake.close();
+    let drained = tokio::time::timeout(BATCH_EXPIRES + Duration::from_secs(2), async {
+        while let Some(m) = intake.next().await {
+            if let Ok(msg) = m {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "the last batch of reads did not end; reads still on their way come again after {ACK_WAIT:?}"
+        );
     }
 }
 
@@ -315,7 +324,7 @@ impl Pipeline<'_> {
                 tokio::select! {
                     lookup = backends.resolve(&config, &uid) => lookup,
                     _ = stopping.wait_for(|s| *s) => Lookup::Unavailable(
-                        crate::backend::Unavailable::new("shutting down".to_string()),
+                        crate::backend::Unavailable::new("shutting down"),
                     ),
                 }
             }

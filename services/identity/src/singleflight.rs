@@ -62,17 +62,21 @@ where
                     let id = self
                         .next_id
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let task = tokio::spawn(work());
-                    let map = self.flights.clone();
-                    let k = key.clone();
+                    let work = work();
+                    let (map, k) = (self.flights.clone(), key.clone());
+                    // Free the key before anyone sees the value, so a caller that arrives
+                    // after the answer starts afresh instead of reusing it. Done by the task
+                    // itself, so it happens even when every waiter went away.
+                    let task = tokio::spawn(async move {
+                        let value = work.await;
+                        release(&map, &k, id);
+                        value
+                    });
+                    let (map, k) = (self.flights.clone(), key.clone());
                     let flight: Flight<V> = async move {
                         let value = task.await.unwrap_or(on_panic);
-                        // Free the key before anyone sees the value, so a caller that
-                        // arrives after the answer starts afresh instead of reusing it.
-                        let mut flights = map.lock().unwrap_or_else(|e| e.into_inner());
-                        if flights.get(&k).is_some_and(|(i, _)| *i == id) {
-                            flights.remove(&k);
-                        }
+                        // The task panicked before freeing the key.
+                        release(&map, &k, id);
                         value
                     }
                     .boxed()
@@ -85,9 +89,17 @@ where
         (flight.await, leader)
     }
 
-    /// Keys with a flight under way.
+    /// Keys with a flight under way (or one whose end nobody has awaited yet).
     pub fn in_flight(&self) -> usize {
         self.flights.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Removes the flight of `key` if it is still flight `id` (not a successor).
+fn release<K: Hash + Eq, V>(flights: &Flights<K, V>, key: &K, id: u64) {
+    let mut flights = flights.lock().unwrap_or_else(|e| e.into_inner());
+    if flights.get(key).is_some_and(|(i, _)| *i == id) {
+        flights.remove(key);
     }
 }
 
@@ -140,5 +152,31 @@ mod tests {
         let (v, _) = sf.run(3, || async { panic!("boom") }, 99).await;
         assert_eq!(v, 99);
         assert_eq!(sf.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_flight_nobody_waits_for_still_frees_its_key() {
+        let sf: SingleFlight<u32, u32> = SingleFlight::default();
+        let waiter = tokio::time::timeout(
+            Duration::from_millis(10),
+            sf.run(
+                5,
+                || async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    1
+                },
+                0,
+            ),
+        );
+        assert!(waiter.await.is_err(), "the only waiter gave up");
+        assert_eq!(sf.in_flight(), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sf.in_flight(), 0, "the finished flight freed its key");
+        let (v, led) = sf.run(5, || async { 2 }, 0).await;
+        assert_eq!(
+            (v, led),
+            (2, true),
+            "a new flight, not the abandoned one's answer"
+        );
     }
 }

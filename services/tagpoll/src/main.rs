@@ -57,7 +57,8 @@ enum Cmd {
         #[arg(long)]
         no_wait: bool,
         /// Seconds to wait for the outcome (services just started may need longer).
-        #[arg(long, default_value_t = 10, conflicts_with = "no_wait")]
+        #[arg(long, default_value_t = 10, conflicts_with = "no_wait",
+              value_parser = clap::value_parser!(u64).range(1..))]
         wait: u64,
     },
     /// Print outcomes as they happen, one line each.

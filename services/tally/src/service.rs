@@ -198,16 +198,16 @@ pub async fn run(
         };
         let resume_after = rebuilt.resume_after;
         *shared.ballots() = rebuilt.ballots;
-        publisher.get_or_insert_with(|| {
-            tokio::spawn(publish_snapshots(
+        if publisher.is_none() {
+            publisher = Some(tokio::spawn(publish_snapshots(
                 client.clone(),
                 js.clone(),
                 results_kv.clone(),
                 config.clone(),
                 shared.clone(),
                 options.clone(),
-            ))
-        });
+            )));
+        }
         for poll in config.borrow().polls.keys() {
             if options.partition.owns(poll) {
                 shared.mark_dirty(poll);

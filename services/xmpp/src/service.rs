@@ -516,7 +516,18 @@ async fn follow_outcomes(
     loop {
         let messages = async {
             let stream = js.get_stream(names::STREAM_VOTES).await?;
-            let after = *last_seq.get_or_insert(stream.cached_info().state.last_sequence);
+            let state = &stream.cached_info().state;
+            let mut after = *last_seq.get_or_insert(state.last_sequence);
+            if state.last_sequence < after {
+                // Sequences went back: the stream was deleted and made anew.
+                tracing::warn!(
+                    last_seen = after,
+                    stream_last = state.last_sequence,
+                    "the vote stream starts over; following it from its beginning"
+                );
+                after = state.first_sequence.saturating_sub(1);
+                last_seq = Some(after);
+            }
             let consumer = stream
                 .create_consumer(consumer::pull::OrderedConfig {
                     deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -552,6 +563,11 @@ async fn follow_outcomes(
                     continue;
                 }
             };
+            if last_seq.is_some_and(|l| seq <= l) {
+                // The client's ordered consumer, re-made before its first message, starts
+                // over from the stream's beginning: what we passed on already stays passed.
+                continue;
+            }
             last_seq = Some(seq);
             match tagpoll_bus::decode::<v1::VoteOutcome>(&m.subject, &m.payload) {
                 Ok(o) if ikpoll::is_notified(&o) => {
