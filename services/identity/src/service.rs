@@ -3,8 +3,9 @@
 //! The pipeline of one instance:
 //!
 //! 1. **Intake.** Reads come from the durable pull consumer `identity` (shared by every
-//!    instance), one pull batch at a time ([`crate::intake`]). Up to [`ServiceOptions::concurrency`] reads are resolved at once, each in its
-//!    own task (lookups of one tag share one anyMeta call, see [`crate::anymeta_backend`]).
+//!    instance), one pull batch at a time ([`crate::intake`]). Up to
+//!    [`ServiceOptions::concurrency`] reads are resolved at once, each in its own task
+//!    (lookups of one tag share one anyMeta call, see [`crate::anymeta_backend`]).
 //! 2. **In order.** Results are taken in the order the reads arrived (a `FuturesOrdered`), so
 //!    when nothing fails `TAGPOLL_IDENTIFIED` keeps `TAGPOLL_READS` order.
 //! 3. **Per-tag gate.** A read is published only when no earlier read of the same tag is still
@@ -148,8 +149,8 @@ struct Ctx {
 type Resolving = FuturesOrdered<BoxFuture<'static, (Ctx, Lookup)>>;
 type Acks = FuturesOrdered<BoxFuture<'static, (Ctx, Result<(), String>)>>;
 
-/// Runs the identity loop until the consumer's message stream ends or `shutdown` resolves;
-/// on shutdown every read this instance holds is acked or handed back before it returns.
+/// Runs the identity loop until `shutdown` resolves; then the reads this instance holds are
+/// acked or handed back (for at most [`STOP_LIMIT`]) before it returns.
 pub async fn run(
     identity: Identity,
     shutdown: impl Future<Output = ()> + Send,

@@ -75,19 +75,27 @@ pub async fn unacked_reads(js: &async_nats::jetstream::Context) -> u64 {
     info.num_pending + info.num_ack_pending as u64
 }
 
+/// Identity heartbeats as they arrive, for `for_how_long` from now.
+async fn identity_heartbeat_stream(
+    client: &async_nats::Client,
+    for_how_long: Duration,
+) -> impl futures::Stream<Item = v1::Heartbeat> + Unpin {
+    let sub = client
+        .subscribe(subjects::heartbeat("service", "identity", "*"))
+        .await
+        .expect("subscribe heartbeats");
+    sub.take_until(Box::pin(tokio::time::sleep(for_how_long)))
+        .map(|m| v1::Heartbeat::decode(m.payload.as_ref()).expect("heartbeat"))
+}
+
 /// Latest heartbeat of every identity instance, collected for `for_how_long`.
 pub async fn identity_heartbeats(
     client: &async_nats::Client,
     for_how_long: Duration,
 ) -> HashMap<String, v1::Heartbeat> {
-    let mut sub = client
-        .subscribe(subjects::heartbeat("service", "identity", "*"))
-        .await
-        .expect("subscribe heartbeats");
+    let mut beats = identity_heartbeat_stream(client, for_how_long).await;
     let mut latest = HashMap::new();
-    let deadline = tokio::time::Instant::now() + for_how_long;
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
-        let hb = v1::Heartbeat::decode(m.payload.as_ref()).expect("heartbeat");
+    while let Some(hb) = beats.next().await {
         latest.insert(hb.instance.clone(), hb);
     }
     latest
@@ -101,14 +109,9 @@ pub async fn wait_identity_heartbeat(
     limit: Duration,
     wanted: impl Fn(&v1::Heartbeat) -> bool,
 ) -> v1::Heartbeat {
-    let mut sub = client
-        .subscribe(subjects::heartbeat("service", "identity", "*"))
-        .await
-        .expect("subscribe heartbeats");
-    let deadline = tokio::time::Instant::now() + limit;
+    let mut beats = identity_heartbeat_stream(client, limit).await;
     let mut last = None;
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
-        let hb = v1::Heartbeat::decode(m.payload.as_ref()).expect("heartbeat");
+    while let Some(hb) = beats.next().await {
         if wanted(&hb) {
             return hb;
         }
