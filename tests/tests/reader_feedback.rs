@@ -62,8 +62,6 @@ fn hook_lines(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// Publishes `o` (again every second: the reader's core subscription may not
-/// be in place yet) until the hook wrote `line`.
 /// Waits until the hook wrote `line`.
 async fn wait_hooked(file: &std::path::Path, line: &str) {
     let start = Instant::now();
@@ -77,6 +75,8 @@ async fn wait_hooked(file: &std::path::Path, line: &str) {
     }
 }
 
+/// Publishes `o` (again every second: the reader's core subscription may not
+/// be in place yet) until the hook wrote `line`.
 async fn until_hooked(
     client: &async_nats::Client,
     o: &v1::ReaderFeedback,

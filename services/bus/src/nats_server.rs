@@ -88,10 +88,7 @@ pub fn find_binary() -> Result<PathBuf, NatsServerError> {
 /// connection, so a nats-server cluster node once found its route port taken
 /// by another node's connection between the pick and its bind.
 pub fn free_port() -> std::io::Result<u16> {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
+    let ephemeral_low = ephemeral_range_start().unwrap_or(32768);
     const LOWEST: u16 = 10_000;
     if ephemeral_low > LOWEST + 1_000 {
         let span = u32::from(ephemeral_low - LOWEST);
@@ -112,6 +109,13 @@ pub fn free_port() -> std::io::Result<u16> {
         }
     }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The first port of the kernel's ephemeral range, if it says.
+fn ephemeral_range_start() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
 }
 
 /// How to run the server.
@@ -442,9 +446,7 @@ mod tests {
 
     #[test]
     fn free_ports_are_bindable_and_outside_the_ephemeral_range() {
-        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+        let low = ephemeral_range_start();
         let ports: Vec<u16> = (0..20).map(|_| free_port().unwrap()).collect();
         for p in &ports {
             TcpListener::bind(("127.0.0.1", *p)).expect("the port is free");
