@@ -9,6 +9,11 @@ pub const STREAM_IDENTIFIED: &str = "TAGPOLL_IDENTIFIED";
 /// The vote stream: one outcome per identified read (`tagpoll.outcomes.>`).
 pub const STREAM_VOTES: &str = "TAGPOLL_VOTES";
 
+/// Every change of the config bucket, kept as long as a tap may wait to be
+/// decided: a mirror of `KV_tagpoll_config` (same sequences and server
+/// timestamps, no per-key history limit).
+pub const STREAM_CONFIG_HISTORY: &str = "TAGPOLL_CONFIG_HISTORY";
+
 /// The last heartbeat of every sender (memory storage, one per subject), so
 /// `tagpoll status` also sees senders that went silent.
 pub const STREAM_HEARTBEATS: &str = "TAGPOLL_HEARTBEATS";

@@ -10,9 +10,12 @@ use tagpoll_proto::{names, subjects};
 
 use crate::BusError;
 
-/// How long JetStream remembers a `Nats-Msg-Id`. Covers a reader re-sending
-/// its spool after a publish whose ack was lost.
+/// How long JetStream remembers a `Nats-Msg-Id` by default. Covers a reader
+/// re-sending its spool after a publish whose ack was lost.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Seconds of [`DUPLICATE_WINDOW`], when set (tests shorten it to prove that
+/// a tap re-sent after the window is still decided once).
+pub const DUPLICATE_WINDOW_ENV: &str = "TAGPOLL_DUPLICATE_WINDOW_SECS";
 
 /// Replicas for streams and buckets: `TAGPOLL_REPLICAS` (1 on one box, 3 on a cluster).
 pub fn replicas() -> usize {
@@ -46,6 +49,8 @@ pub struct Retention {
     /// never shortens a running event's retention by surprise.
     pub reads_given: bool,
     pub votes_given: bool,
+    /// The streams' `duplicate_window` ([`DUPLICATE_WINDOW_ENV`]).
+    pub duplicate_window: Duration,
 }
 
 impl Default for Retention {
@@ -55,6 +60,7 @@ impl Default for Retention {
             votes: Duration::from_secs(30 * 24 * 3600),
             reads_given: false,
             votes_given: false,
+            duplicate_window: DUPLICATE_WINDOW,
         }
     }
 }
@@ -68,11 +74,16 @@ impl Retention {
     /// unset or empty means the defaults (30 days, 48 hours).
     pub fn from_env() -> Result<Self, BusError> {
         let get = |k| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        Self::parse(
+        let mut r = Self::parse(
             get(RETENTION_DAYS_ENV).as_deref(),
             get(READS_RETENTION_HOURS_ENV).as_deref(),
         )
-        .map_err(|message| BusError::js("reading the retention settings", message))
+        .map_err(|message| BusError::js("reading the retention settings", message))?;
+        if let Some(v) = get(DUPLICATE_WINDOW_ENV) {
+            r.duplicate_window = duplicate_window_of(&v)
+                .map_err(|message| BusError::js("reading the retention settings", message))?;
+        }
+        Ok(r)
     }
 
     /// Parses the two settings' values (decimal numbers); the error names
@@ -120,6 +131,23 @@ fn describe(d: Duration) -> String {
     }
 }
 
+/// Parses [`DUPLICATE_WINDOW_ENV`]: whole seconds, 1 up to the 1 hour
+/// minimum retention (a re-sent tap must still be in the stream).
+fn duplicate_window_of(value: &str) -> Result<Duration, String> {
+    let var = DUPLICATE_WINDOW_ENV;
+    let secs: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{var}={value:?} is not a whole number of seconds"))?;
+    if secs == 0 || secs > MIN_RETENTION.as_secs() {
+        return Err(format!(
+            "{var}={value:?} must be from 1 to {} seconds",
+            MIN_RETENTION.as_secs()
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 fn duration_of(var: &str, value: &str, unit_secs: u64) -> Result<Duration, String> {
     let n: f64 = value
         .trim()
@@ -151,8 +179,38 @@ fn stream_config(
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         max_age: retention.max_age_of(name),
-        duplicate_window: DUPLICATE_WINDOW,
+        duplicate_window: retention.duplicate_window,
         num_replicas: replicas(),
+        // Identity reads a device's previous tap with a batch direct get
+        // (the lower bound of a spooled tap's moment).
+        allow_direct: name == names::STREAM_READS,
+        ..Default::default()
+    }
+}
+
+/// The config history: a mirror of the config bucket's stream that keeps
+/// every change (no per-key limit), with the bucket's sequence numbers and
+/// server timestamps, for as long as a tap can wait before it is decided
+/// (the hand-off streams' retention plus [`MIN_RETENTION`]). The tally
+/// decides a tap against the configuration as of its tap moment from it.
+pub fn config_history_config(retention: &Retention) -> stream::Config {
+    let max_age = if retention.reads.is_zero() {
+        Duration::ZERO
+    } else {
+        retention.reads.saturating_add(MIN_RETENTION)
+    };
+    stream::Config {
+        name: names::STREAM_CONFIG_HISTORY.to_string(),
+        description: Some("Every change of the event configuration, for decisions at tap moments".into()),
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age,
+        max_messages_per_subject: -1,
+        num_replicas: replicas(),
+        mirror: Some(stream::Source {
+            name: format!("KV_{}", names::KV_CONFIG),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -327,8 +385,35 @@ async fn ensure_once(js: &jetstream::Context, retention: &Retention) -> Result<B
         stream::StorageType::File,
     )
     .await?;
+    js.get_or_create_stream(config_history_config(retention))
+        .await
+        .map_err(|e| BusError::js(format!("creating stream {}", names::STREAM_CONFIG_HISTORY), e))?;
+    upgrade_reads_stream(js).await?;
     let results = results_bucket(js).await?;
     Ok(Buckets { config, results })
+}
+
+/// Streams made by earlier versions lack `allow_direct` on TAGPOLL_READS;
+/// turn it on (nothing else changes).
+async fn upgrade_reads_stream(js: &jetstream::Context) -> Result<(), BusError> {
+    let name = names::STREAM_READS;
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| BusError::js(format!("looking up stream {name}"), e))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| BusError::js(format!("stream info of {name}"), e))?;
+    if info.config.allow_direct {
+        return Ok(());
+    }
+    let mut config = info.config.clone();
+    config.allow_direct = true;
+    js.update_stream(&config)
+        .await
+        .map_err(|e| BusError::js(format!("allowing direct gets on {name}"), e))?;
+    Ok(())
 }
 
 async fn bucket(

@@ -141,6 +141,8 @@ struct Ctx {
     read: v1::TagRead,
     seq: u64,
     deliveries: i64,
+    /// When TAGPOLL_READS stored the read (server clock).
+    stored_at: std::time::SystemTime,
     /// No backend knew the tag (for the counters).
     unknown: bool,
     span: tracing::Span,
@@ -274,8 +276,12 @@ impl Pipeline<'_> {
     async fn intake(&mut self, msg: Message) {
         let id = self.identity;
         inc(&id.counters.received);
-        let (seq, deliveries) = match msg.info() {
-            Ok(i) => (i.stream_sequence, i.delivered),
+        let (seq, deliveries, stored_at) = match msg.info() {
+            Ok(i) => (
+                i.stream_sequence,
+                i.delivered,
+                std::time::SystemTime::from(i.published),
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "read without JetStream metadata; leaving it for re-delivery");
                 return;
@@ -336,6 +342,7 @@ impl Pipeline<'_> {
             read,
             seq,
             deliveries,
+            stored_at,
             unknown: false,
             span,
         };
@@ -419,6 +426,9 @@ impl Pipeline<'_> {
             device_seq: read.device_seq,
             identity: Some(identity),
             identified_at: Some(tagpoll_proto::now()),
+            tapped_at: Some(tagpoll_proto::timestamp(ctx.stored_at)),
+            tap_moment: v1::TapMoment::Stored as i32,
+            stored_at: Some(tagpoll_proto::timestamp(ctx.stored_at)),
         };
         let subject = subjects::identified(&read.device_id, &read.reader_id);
         match publish::send_for_read(

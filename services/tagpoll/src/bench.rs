@@ -497,6 +497,9 @@ async fn tally_alone(
                 ..Default::default()
             })),
             identified_at: Some(tagpoll_proto::now()),
+            tapped_at: Some(tagpoll_proto::now()),
+            tap_moment: v1::TapMoment::Stored as i32,
+            stored_at: Some(tagpoll_proto::now()),
         };
         let subject = subjects::identified(&read.device_id, &read.reader_id);
         acks.push_back(
