@@ -15,6 +15,9 @@ pub const OUTCOMES_ALL: &str = "tagpoll.outcomes.>";
 pub const RESULTS_ALL: &str = "tagpoll.results.*";
 /// All heartbeats.
 pub const HEARTBEAT_ALL: &str = "tagpoll.heartbeat.>";
+/// Heartbeats of reader devices (`tagpoll.heartbeat.device.{device}.{instance}`): what
+/// identity measures device clocks from.
+pub const HEARTBEAT_DEVICES: &str = "tagpoll.heartbeat.device.>";
 
 /// Poll id used in outcome subjects when the reader has no poll.
 pub const NO_POLL: &str = "_";
@@ -127,6 +130,7 @@ mod tests {
         }
         assert_eq!(feedback_for_device("dev1"), "tagpoll.feedback.dev1.>");
         assert_eq!(feedback_for_reader("r1"), "tagpoll.feedback.*.r1");
+        assert!(heartbeat("device", "d", "i").starts_with(HEARTBEAT_DEVICES.trim_end_matches('>')));
         for s in [read("a", "b"), outcome("a", "b"), results("a")] {
             assert!(s.starts_with("tagpoll."));
         }

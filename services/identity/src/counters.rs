@@ -23,6 +23,14 @@ pub struct Counters {
     pub nak_order: AtomicU64,
     /// Reads handed back because storing the identified read failed.
     pub nak_publish: AtomicU64,
+    /// Reads handed back because the device's previous tap could not be looked up.
+    pub nak_moment: AtomicU64,
+    /// Identified reads of taps that waited in a reader's spool, stored with the device
+    /// clock's moment (`TAP_MOMENT_DEVICE_CLOCK`).
+    pub held: AtomicU64,
+    /// Identified reads that may have waited in a spool but whose device clock is unknown or
+    /// untrusted, so they count at arrival (`TAP_MOMENT_STORED_CLOCK_UNTRUSTED`).
+    pub clock_untrusted: AtomicU64,
     /// Undecodable reads terminated.
     pub poison: AtomicU64,
     pub cache_hits: AtomicU64,
@@ -46,15 +54,18 @@ impl Counters {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "received={} identified={} unknown={} nak_unavailable={} nak_order={} nak_publish={} \
-             poison={} cache_hits={} cache_misses={} coalesced={} anymeta_calls={} \
-             anymeta_failures={} breaker_refusals={}",
+            "received={} identified={} unknown={} held={} clock_untrusted={} nak_unavailable={} \
+             nak_order={} nak_publish={} nak_moment={} poison={} cache_hits={} cache_misses={} \
+             coalesced={} anymeta_calls={} anymeta_failures={} breaker_refusals={}",
             g(&self.received),
             g(&self.identified),
             g(&self.unknown),
+            g(&self.held),
+            g(&self.clock_untrusted),
             g(&self.nak_unavailable),
             g(&self.nak_order),
             g(&self.nak_publish),
+            g(&self.nak_moment),
             g(&self.poison),
             g(&self.cache_hits),
             g(&self.cache_misses),

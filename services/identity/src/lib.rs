@@ -9,6 +9,9 @@
 //! - [`order`]: the ledger that keeps taps of one tag in order across retries and instances.
 //! - [`intake`]: reads taken from the shared consumer one pull batch at a time, so a stop
 //!   can end cleanly.
+//! - [`tap_moment`]: the one trusted time of each tap (stored time, or the device clock for a
+//!   spooled tap), pure; [`device_clocks`]: its I/O (device clocks from heartbeats, the
+//!   device's previous stored tap).
 //! - [`service`]: the pipeline: reads stream → lookups → identified stream.
 //! - [`settings`]: the environment contract (`TAGPOLL_IDENTITY_*`, `TAGPOLL_ANYMETA_*`).
 //! - [`counters`]: what one instance did, for the heartbeat and the logs.
@@ -22,6 +25,7 @@ pub mod backend;
 pub mod breaker;
 pub mod cache;
 pub mod counters;
+pub mod device_clocks;
 pub mod fake_anymeta;
 pub mod intake;
 pub mod order;
@@ -29,3 +33,4 @@ pub mod people_csv;
 pub mod service;
 pub mod settings;
 pub mod singleflight;
+pub mod tap_moment;
