@@ -68,11 +68,33 @@ pub struct Stats {
     /// Work started and not finished (publishes awaiting acks, lookups).
     pub in_flight: AtomicU64,
     pub last_error: std::sync::Mutex<String>,
+    /// Named event counters (fixed names), sent in the heartbeat.
+    pub counters: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Stats {
     pub fn handled_one(&self) {
         self.handled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one event of the kind `name` (a fixed name, never input).
+    pub fn count(&self, name: &'static str) {
+        *self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name)
+            .or_default() += 1;
+    }
+
+    /// The counters as sent in the heartbeat.
+    pub fn counters(&self) -> std::collections::HashMap<String, u64> {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect()
     }
 
     pub fn error(&self, err: impl std::fmt::Display) {
@@ -106,6 +128,7 @@ impl Sender {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            counters: stats.counters(),
             ..Default::default()
         }
     }

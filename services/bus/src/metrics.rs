@@ -75,6 +75,34 @@ pub fn render(hb: &v1::Heartbeat) -> String {
         "1 while the process reports an error (see its heartbeat's last_error).",
         f64::from(u8::from(!hb.last_error.is_empty())),
     );
+    // Only services: a device's name is its id, not a fixed name.
+    let mut counters: Vec<_> = hb
+        .counters
+        .iter()
+        .filter(|_| hb.kind == "service")
+        .collect();
+    counters.sort();
+    for (counter, value) in counters {
+        // Names are fixed by the services; keep them metric-safe anyway.
+        let safe = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        let name = format!("tagpoll_{}_{}_total", safe(&hb.name), safe(counter));
+        metric(
+            &name,
+            "counter",
+            "Events of this kind since start.",
+            *value as f64,
+        );
+    }
     if hb.kind == "device" {
         metric(
             "tagpoll_spool_depth",

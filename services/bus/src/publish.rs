@@ -25,6 +25,24 @@ pub async fn send_for_read(
         .map_err(|e| BusError::js(format!("publish to {subject}"), e))
 }
 
+/// Like [`send_for_read`] with another `Nats-Msg-Id` than the read id: a
+/// second message about the same read (the tally's corrections).
+pub async fn send_with_id(
+    js: &jetstream::Context,
+    subject: String,
+    msg_id: &str,
+    read_id: &str,
+    payload: Bytes,
+) -> Result<PublishAckFuture, BusError> {
+    let msg = PublishMessage::build()
+        .payload(payload)
+        .message_id(msg_id)
+        .header(names::HEADER_READ_ID, read_id);
+    js.send_publish(subject.clone(), msg)
+        .await
+        .map_err(|e| BusError::js(format!("publish to {subject}"), e))
+}
+
 /// Publishes and waits for the ack; returns the stream sequence and whether
 /// JetStream recognised it as a duplicate.
 pub async fn publish_for_read(

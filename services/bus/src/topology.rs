@@ -201,7 +201,9 @@ pub fn config_history_config(retention: &Retention) -> stream::Config {
     };
     stream::Config {
         name: names::STREAM_CONFIG_HISTORY.to_string(),
-        description: Some("Every change of the event configuration, for decisions at tap moments".into()),
+        description: Some(
+            "Every change of the event configuration, for decisions at tap moments".into(),
+        ),
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         max_age,
@@ -387,7 +389,12 @@ async fn ensure_once(js: &jetstream::Context, retention: &Retention) -> Result<B
     .await?;
     js.get_or_create_stream(config_history_config(retention))
         .await
-        .map_err(|e| BusError::js(format!("creating stream {}", names::STREAM_CONFIG_HISTORY), e))?;
+        .map_err(|e| {
+            BusError::js(
+                format!("creating stream {}", names::STREAM_CONFIG_HISTORY),
+                e,
+            )
+        })?;
     upgrade_reads_stream(js).await?;
     let results = results_bucket(js).await?;
     Ok(Buckets { config, results })

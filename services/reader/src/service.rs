@@ -646,6 +646,7 @@ async fn heartbeat_loop(client: async_nats::Client, device_id: String, state: Sh
                 // Taps waiting in the spool are this device's backlog.
                 lag: st.spool_depth,
                 in_flight: u64::from(st.publishing),
+                counters: Default::default(),
             }
         };
         metrics.send_replace(hb.clone());

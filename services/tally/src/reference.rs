@@ -21,6 +21,11 @@ pub struct Model {
     pub rules: HashMap<String, ModelRules>,
     /// reader → (poll, answer)
     pub map: HashMap<String, (String, String)>,
+    /// poll → opening window (from, until) in the caller's time unit; a
+    /// poll with a window is open inside it (unless closed).
+    pub windows: HashMap<String, (Option<u64>, Option<u64>)>,
+    /// poll → closed for good (a window does not reopen it).
+    pub closed: HashMap<String, bool>,
     choices: HashMap<(String, String), Vec<String>>,
     seen: HashSet<String>,
 }
@@ -52,6 +57,31 @@ impl Model {
             mine.remove(0);
             mine.push(answer);
         }
+    }
+
+    /// A tap at time `now` (the caller's unit, as in [`Model::windows`]),
+    /// for polls with opening windows. Taps must come in time order.
+    pub fn tap_at(&mut self, read_id: &str, reader: &str, voter: Option<&str>, now: u64) {
+        if let Some((poll, _)) = self.map.get(reader)
+            && let Some(&(from, until)) = self.windows.get(poll)
+        {
+            let inside = from.is_none_or(|f| now >= f) && until.is_none_or(|u| now < u);
+            let closed = self.closed.get(poll).copied().unwrap_or(false);
+            let open = inside && !closed;
+            let poll = poll.clone();
+            let was = self.open.insert(poll.clone(), open);
+            self.tap(read_id, reader, voter);
+            if let Some(w) = was {
+                self.open.insert(poll, w);
+            }
+            return;
+        }
+        self.tap(read_id, reader, voter);
+    }
+
+    /// A reset of `poll`: a new run, nobody has voted in it.
+    pub fn reset(&mut self, poll: &str) {
+        self.choices.retain(|(p, _), _| p != poll);
     }
 
     /// Votes per answer of `poll` (answers with no votes left out).

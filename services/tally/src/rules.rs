@@ -1,8 +1,11 @@
 //! Poll rules: the pure decision for one identified read.
 //!
-//! [`decide`] looks at the configuration and the counted state and says what
-//! the read means, without changing anything; the service stores the outcome
-//! in the vote stream first and only then applies it to the state.
+//! [`classify`] judges a read against the configuration in force at its tap
+//! moment; [`place`] puts a vote among the voter's other taps in the same
+//! poll run by tap moment, so a tap that arrives late counts as if it had
+//! arrived in order, and says which later taps change meaning (corrections).
+//! Nothing here changes state: the service stores the outcomes in the vote
+//! stream and applies them to [`Ballots`] as it goes.
 
 use std::time::SystemTime;
 
@@ -28,19 +31,36 @@ pub fn is_open(poll: &v1::PollDefinition, now: SystemTime) -> bool {
     opens.is_none_or(|t| now >= t) && closes.is_none_or(|t| now < t)
 }
 
-/// Decides the outcome of `read` against the configuration and state.
-pub fn decide(
-    config: &EventConfig,
-    ballots: &Ballots,
-    read: &v1::IdentifiedRead,
-    now: SystemTime,
-) -> v1::VoteOutcome {
+/// What a read means before the voter's other taps are looked at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Decided by the configuration and the tag alone: no other tap can
+    /// change it (unmapped reader, closed poll, unknown tag).
+    Final(v1::VoteOutcome),
+    /// A vote whose kind depends on the voter's taps in the same poll run:
+    /// place it in their sequence ([`place`]).
+    Countable(Countable),
+}
+
+/// A vote waiting to be placed among the voter's taps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Countable {
+    /// Everything but the kind, previous answer and message.
+    pub outcome: v1::VoteOutcome,
+    pub moment: SystemTime,
+    pub poll: v1::PollDefinition,
+}
+
+/// Decides what `read` means against `config`, the configuration in force
+/// at the tap moment `moment` (opening windows are judged at it too).
+pub fn classify(config: &EventConfig, read: &v1::IdentifiedRead, moment: SystemTime) -> Decision {
     let mut out = v1::VoteOutcome {
         read_id: read.read_id.clone(),
         device_id: read.device_id.clone(),
         reader_id: read.reader_id.clone(),
         read_at: read.read_at,
-        decided_at: Some(tagpoll_proto::timestamp(now)),
+        tapped_at: Some(tagpoll_proto::timestamp(moment)),
+        decided_at: Some(tagpoll_proto::now()),
         ..Default::default()
     };
     let voter = match &read.identity {
@@ -52,74 +72,215 @@ pub fn decide(
     }
     let (poll, answer_id) = match config.target(&read.reader_id) {
         ReaderTarget::Unmapped => {
-            return reject(
+            return Decision::Final(reject(
                 out,
                 RejectReason::ReaderNotMapped,
                 "This reader is not part of a poll.",
-            );
+            ));
         }
         ReaderTarget::Dangling { poll_id, answer_id } => {
             out.poll_id = poll_id.to_string();
             out.answer_id = answer_id.to_string();
-            return reject(
+            return Decision::Final(reject(
                 out,
                 RejectReason::UnknownPoll,
                 "This reader points at a poll or answer that does not exist.",
-            );
+            ));
         }
         ReaderTarget::Answer { poll, answer_id } => (poll, answer_id),
     };
     out.poll_id = poll.poll_id.clone();
     out.answer_id = answer_id.to_string();
     out.run = poll.run;
-    if !is_open(poll, now) {
-        return reject(out, RejectReason::PollClosed, "This poll is not open.");
+    if !is_open(poll, moment) {
+        return Decision::Final(reject(
+            out,
+            RejectReason::PollClosed,
+            "This poll is not open.",
+        ));
     }
     let rules = poll.rules.unwrap_or_default();
-    let voter = match (voter, &read.identity) {
-        (Some(v), _) if !v.anonymous || rules.allow_anonymous => v,
+    match (voter, &read.identity) {
+        (Some(v), _) if !v.anonymous || rules.allow_anonymous => {}
         (_, Some(v1::identified_read::Identity::Unknown(u))) => {
             out.hint = u.hint.clone();
-            return reject(out, RejectReason::UnknownTag, "We don't know this tag.");
+            return Decision::Final(reject(
+                out,
+                RejectReason::UnknownTag,
+                "We don't know this tag.",
+            ));
         }
         _ => {
             out.voter_id.clear();
-            return reject(
+            return Decision::Final(reject(
                 out,
                 RejectReason::UnknownTag,
                 "Only registered tags can vote in this poll.",
-            );
+            ));
         }
-    };
+    }
+    Decision::Countable(Countable {
+        outcome: out,
+        moment,
+        poll: poll.clone(),
+    })
+}
+
+/// The kind of a vote for `answer_id` by a voter who holds `choices`.
+/// Returns the kind and, for [`OutcomeKind::Changed`], the answer that loses.
+pub fn choose(
+    choices: &[String],
+    answer_id: &str,
+    rules: &v1::PollRules,
+) -> (OutcomeKind, Option<RejectReason>, String) {
+    let max = rules.max_choices.max(1) as usize;
+    if choices.iter().any(|c| c == answer_id) {
+        (OutcomeKind::Duplicate, None, String::new())
+    } else if choices.len() < max {
+        (OutcomeKind::Accepted, None, String::new())
+    } else if rules.mode() == VoteMode::LastCounts {
+        (OutcomeKind::Changed, None, choices[0].clone())
+    } else if max == 1 {
+        (OutcomeKind::Duplicate, None, String::new())
+    } else {
+        (
+            OutcomeKind::Rejected,
+            Some(RejectReason::TooManyChoices),
+            String::new(),
+        )
+    }
+}
+
+/// Applies a vote's kind to the voter's answers.
+fn hold(choices: &mut Vec<String>, kind: OutcomeKind, answer_id: &str, previous: &str) {
+    match kind {
+        OutcomeKind::Accepted => choices.push(answer_id.to_string()),
+        OutcomeKind::Changed => {
+            if let Some(i) = choices.iter().position(|a| a == previous) {
+                choices.remove(i);
+            }
+            choices.push(answer_id.to_string());
+        }
+        _ => {}
+    }
+}
+
+/// Fills in kind, reason, previous answer and message.
+fn settle_kind(out: &mut v1::VoteOutcome, poll: &v1::PollDefinition, choices: &[String]) {
+    let rules = poll.rules.unwrap_or_default();
+    let (kind, reason, previous) = choose(choices, &out.answer_id, &rules);
     let label = poll
         .answers
         .iter()
-        .find(|a| a.id == answer_id)
+        .find(|a| a.id == out.answer_id)
         .map(|a| a.label.as_str())
-        .unwrap_or(answer_id);
-    let choices = ballots.choices(&poll.poll_id, poll.run, &voter.voter_id);
-    let max = rules.max_choices.max(1) as usize;
-    if choices.iter().any(|c| c == answer_id) {
-        out.kind = OutcomeKind::Duplicate as i32;
-        out.message = format!("You already voted {label}.");
-    } else if choices.len() < max {
-        out.kind = OutcomeKind::Accepted as i32;
-        out.message = format!("You voted {label}.");
-    } else if rules.mode() == VoteMode::LastCounts {
-        out.kind = OutcomeKind::Changed as i32;
-        out.previous_answer_id = choices[0].clone();
-        out.message = format!("You changed your vote to {label}.");
-    } else if max == 1 {
-        out.kind = OutcomeKind::Duplicate as i32;
-        out.message = "You already voted in this poll.".into();
-    } else {
-        return reject(
-            out,
-            RejectReason::TooManyChoices,
-            &format!("You already picked {max} answers."),
+        .unwrap_or(&out.answer_id);
+    let max = rules.max_choices.max(1);
+    out.message = match kind {
+        OutcomeKind::Duplicate if choices.iter().any(|c| *c == out.answer_id) => {
+            format!("You already voted {label}.")
+        }
+        OutcomeKind::Duplicate => "You already voted in this poll.".into(),
+        OutcomeKind::Accepted => format!("You voted {label}."),
+        OutcomeKind::Changed => format!("You changed your vote to {label}."),
+        _ => format!("You already picked {max} answers."),
+    };
+    out.kind = kind as i32;
+    out.reject_reason = reason.map_or(0, |r| r as i32);
+    out.previous_answer_id = previous;
+}
+
+/// Where a countable vote lands among the voter's taps in its poll run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// The vote's own outcome.
+    pub outcome: v1::VoteOutcome,
+    /// Later taps of the same voter whose meaning changes because this one
+    /// came first (a late arrival): each a correction outcome, to be stored
+    /// before [`Placement::outcome`].
+    pub corrections: Vec<v1::VoteOutcome>,
+}
+
+/// Places `vote` in its voter's sequence by tap moment: its kind follows
+/// from the taps before it, and every later tap is decided again after it.
+/// `poll_at(moment)` is the poll's definition in force at a moment (for the
+/// later taps' rules and labels; `None` falls back to the vote's own).
+pub fn place(
+    ballots: &Ballots,
+    vote: Countable,
+    mut poll_at: impl FnMut(SystemTime) -> Option<v1::PollDefinition>,
+) -> Placement {
+    let Countable {
+        mut outcome,
+        moment,
+        poll,
+    } = vote;
+    let casts = ballots.casts(&outcome.poll_id, outcome.run, &outcome.voter_id);
+    let at = casts.partition_point(|c| (c.moment, c.read_id.as_str()) < (moment, &outcome.read_id));
+    let mut choices = crate::ballots::choices_of(&casts[..at]);
+    settle_kind(&mut outcome, &poll, &choices);
+    hold(
+        &mut choices,
+        outcome.kind(),
+        &outcome.answer_id,
+        &outcome.previous_answer_id,
+    );
+    let mut corrections = Vec::new();
+    for later in &casts[at..] {
+        let their_poll = poll_at(later.moment).unwrap_or_else(|| poll.clone());
+        let mut again = v1::VoteOutcome {
+            read_id: later.read_id.clone(),
+            device_id: later.device_id.clone(),
+            reader_id: later.reader_id.clone(),
+            poll_id: outcome.poll_id.clone(),
+            answer_id: later.answer_id.clone(),
+            voter_id: outcome.voter_id.clone(),
+            run: outcome.run,
+            tapped_at: Some(tagpoll_proto::timestamp(later.moment)),
+            decided_at: outcome.decided_at,
+            correction: true,
+            corrected_by: outcome.read_id.clone(),
+            ..Default::default()
+        };
+        settle_kind(&mut again, &their_poll, &choices);
+        hold(
+            &mut choices,
+            again.kind(),
+            &again.answer_id,
+            &again.previous_answer_id,
         );
+        let unchanged = again.kind() == later.kind
+            && again.previous_answer_id == later.previous_answer_id
+            && (again.reject_reason() == RejectReason::TooManyChoices) == later.too_many;
+        if !unchanged {
+            corrections.push(again);
+        }
     }
-    out
+    Placement {
+        outcome,
+        corrections,
+    }
+}
+
+/// Decides `read` at tap moment `moment` against `config` and the voter's
+/// taps so far, as if it had arrived in moment order: the outcome, plus
+/// corrections of later taps it changes.
+pub fn decide(
+    config: &EventConfig,
+    ballots: &Ballots,
+    read: &v1::IdentifiedRead,
+    moment: SystemTime,
+) -> Placement {
+    match classify(config, read, moment) {
+        Decision::Final(outcome) => Placement {
+            outcome,
+            corrections: Vec::new(),
+        },
+        Decision::Countable(vote) => {
+            let poll_id = vote.poll.poll_id.clone();
+            place(ballots, vote, |_| config.polls.get(&poll_id).cloned())
+        }
+    }
 }
 
 fn reject(mut out: v1::VoteOutcome, reason: RejectReason, message: &str) -> v1::VoteOutcome {
@@ -133,6 +294,15 @@ fn reject(mut out: v1::VoteOutcome, reason: RejectReason, message: &str) -> v1::
 mod tests {
     use super::*;
     use prost::Message;
+
+    fn decide_one(
+        c: &EventConfig,
+        b: &Ballots,
+        r: &v1::IdentifiedRead,
+        at: SystemTime,
+    ) -> v1::VoteOutcome {
+        decide(c, b, r, at).outcome
+    }
 
     fn config(
         mode: VoteMode,
@@ -193,7 +363,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let o = decide(c, &b, r, SystemTime::now());
+                let o = decide_one(c, &b, r, SystemTime::now());
                 b.apply(&o, i as u64 + 1);
                 o.kind()
             })
@@ -258,7 +428,7 @@ mod tests {
     #[test]
     fn closed_unmapped_dangling_and_anonymous_are_rejected() {
         let closed = config(VoteMode::FirstStands, 1, false, PollState::Closed);
-        let o = decide(
+        let o = decide_one(
             &closed,
             &Ballots::default(),
             &read("1", "ra", "v"),
@@ -266,21 +436,21 @@ mod tests {
         );
         assert_eq!(o.reject_reason(), RejectReason::PollClosed);
         let open = config(VoteMode::FirstStands, 1, false, PollState::Open);
-        let o = decide(
+        let o = decide_one(
             &open,
             &Ballots::default(),
             &read("1", "nope", "v"),
             SystemTime::now(),
         );
         assert_eq!(o.reject_reason(), RejectReason::ReaderNotMapped);
-        let o = decide(
+        let o = decide_one(
             &open,
             &Ballots::default(),
             &read("1", "rx", "v"),
             SystemTime::now(),
         );
         assert_eq!(o.reject_reason(), RejectReason::UnknownPoll);
-        let o = decide(
+        let o = decide_one(
             &open,
             &Ballots::default(),
             &read("1", "ra", "anon:1"),
@@ -288,7 +458,7 @@ mod tests {
         );
         assert_eq!(o.reject_reason(), RejectReason::UnknownTag);
         let anon_ok = config(VoteMode::FirstStands, 1, true, PollState::Open);
-        let o = decide(
+        let o = decide_one(
             &anon_ok,
             &Ballots::default(),
             &read("1", "ra", "anon:1"),
@@ -301,7 +471,7 @@ mod tests {
     fn applying_the_same_read_twice_changes_nothing() {
         let c = config(VoteMode::FirstStands, 1, false, PollState::Open);
         let mut b = Ballots::default();
-        let o = decide(&c, &b, &read("1", "ra", "v"), SystemTime::now());
+        let o = decide_one(&c, &b, &read("1", "ra", "v"), SystemTime::now());
         assert!(b.apply(&o, 1));
         assert!(!b.apply(&o, 1));
         assert_eq!(b.run("p", 0).unwrap().total(), 1);

@@ -28,7 +28,7 @@ use tagpoll_proto::{names, subjects, v1};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::{ballots::Ballots, partition::Partition, rules};
+use crate::{ballots::Ballots, config_log::ConfigLog, partition::Partition, rules};
 
 /// How often every poll's snapshot is republished even without changes.
 pub const RESULTS_REFRESH: Duration = Duration::from_secs(5);
@@ -176,6 +176,7 @@ pub async fn run(
         dirty: Mutex::new(BTreeSet::new()),
         wake: Notify::new(),
     });
+    let log = ConfigLog::start(&js).await?;
     let watcher = tokio::spawn(mark_config_changes(
         config.clone(),
         shared.clone(),
@@ -213,7 +214,7 @@ pub async fn run(
                 shared.mark_dirty(poll);
             }
         }
-        match decide_loop(&js, config.clone(), &shared, &options, &stats, resume_after).await {
+        match decide_loop(&js, &log, &shared, &options, &stats, resume_after).await {
             Ok(()) => break Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "tally interrupted; rebuilding from the vote stream");
@@ -244,9 +245,86 @@ struct Acked {
 /// without losing it.
 type InFlight = FuturesOrdered<BoxFuture<'static, Acked>>;
 
+/// Most identified reads held while the config history is proved complete.
+const MAX_WAITING: usize = 4096;
+
+/// A read waiting until the config history is known to cover its moment.
+struct Waiting {
+    seq: u64,
+    read: v1::IdentifiedRead,
+    moment: SystemTime,
+}
+
+/// A lower bound of the server's clock, from ours: every message's stored
+/// time is at most our clock at its arrival minus the clocks' offset, so the
+/// smallest `arrival - stored` seen bounds the offset (transit only adds).
+#[derive(Default)]
+struct ServerClock {
+    /// Smallest `arrival - stored` (ns) in this and the previous period.
+    current: Option<i128>,
+    previous: Option<i128>,
+    since: Option<std::time::Instant>,
+}
+
+/// How long one period of [`ServerClock`] lasts (a drifting clock is
+/// forgotten after two).
+const CLOCK_PERIOD: Duration = Duration::from_secs(30);
+
+fn nanos(t: SystemTime) -> i128 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+fn from_nanos(n: i128) -> SystemTime {
+    let d = Duration::from_nanos(n.unsigned_abs().min(u64::MAX as u128) as u64);
+    if n >= 0 {
+        SystemTime::UNIX_EPOCH + d
+    } else {
+        SystemTime::UNIX_EPOCH - d
+    }
+}
+
+impl ServerClock {
+    fn observe(&mut self, stored: SystemTime, arrived: SystemTime) {
+        let now = std::time::Instant::now();
+        if self
+            .since
+            .is_none_or(|s| now.duration_since(s) > CLOCK_PERIOD)
+        {
+            self.previous = self.current.take();
+            self.since = Some(now);
+        }
+        let d = nanos(arrived) - nanos(stored);
+        self.current = Some(self.current.map_or(d, |c| c.min(d)));
+    }
+
+    /// The server's time when ours reads `local`, or earlier.
+    fn at_most(&self, local: SystemTime) -> SystemTime {
+        let d = [self.current, self.previous]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(0);
+        from_nanos(nanos(local) - d)
+    }
+}
+
+/// What a pending barrier proves: the history is complete up to this
+/// server time.
+type Barrier = BoxFuture<'static, Result<SystemTime, BusError>>;
+
+async fn wait_barrier(b: &mut Option<Barrier>) -> Result<SystemTime, BusError> {
+    match b {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn decide_loop(
     js: &jetstream::Context,
-    mut config: watch::Receiver<Arc<EventConfig>>,
+    log: &ConfigLog,
     shared: &Shared,
     options: &TallyOptions,
     stats: &Stats,
@@ -271,89 +349,178 @@ async fn decide_loop(
         .map_err(|e| BusError::js("consuming identified reads", e))?;
     tracing::info!(partition = %options.partition, from = resume_after + 1, "deciding identified reads");
     let mut in_flight: InFlight = FuturesOrdered::new();
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    // Server time up to which every config change is known.
+    let mut complete_until = SystemTime::UNIX_EPOCH;
+    let mut barrier: Option<Barrier> = None;
+    let mut clock = ServerClock::default();
     loop {
-        // Settle acks first when the pipeline is full, or whenever one is ready.
-        while in_flight.len() >= options.max_in_flight {
-            let acked = in_flight.next().await.expect("non-empty");
-            settle(js, shared, stats, acked).await?;
-        }
-        let next = if in_flight.is_empty() {
-            messages.next().await
-        } else {
-            // Both branches are cancel-safe: whichever loses keeps its item.
-            tokio::select! {
-                biased;
-                m = messages.next() => m,
-                acked = in_flight.next() => {
-                    settle(js, shared, stats, acked.expect("non-empty")).await?;
-                    continue;
-                }
+        while waiting.front().is_some_and(|w| w.moment <= complete_until) {
+            let Some(w) = waiting.pop_front() else { break };
+            decide_one(js, log, shared, options, stats, &mut in_flight, w).await?;
+            while in_flight.len() >= options.max_in_flight {
+                let acked = in_flight.next().await.expect("non-empty");
+                settle(js, shared, stats, acked).await?;
             }
-        };
-        let Some(msg) = next else { return Ok(()) };
-        let msg = msg.map_err(|e| BusError::js("reading identified reads", e))?;
-        let (seq, pending) = {
-            let info = msg
-                .info()
-                .map_err(|e| BusError::js("identified read metadata", e))?;
-            (info.stream_sequence, info.pending)
-        };
-        stats
-            .lag
-            .store(pending, std::sync::atomic::Ordering::Relaxed);
+        }
+        if !waiting.is_empty() && barrier.is_none() {
+            // Every read waiting arrived before now, so it was stored before
+            // the server's "now", which the barrier's question comes after.
+            let covers = clock.at_most(SystemTime::now());
+            let log = log.clone();
+            barrier = Some(async move { log.barrier().await.map(|()| covers) }.boxed());
+        }
         stats
             .in_flight
             .store(in_flight.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let read: v1::IdentifiedRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, seq, "skipping undecodable identified read");
-                stats.error(&e);
-                continue;
+        // Every branch is cancel-safe: whichever loses keeps its item.
+        tokio::select! {
+            biased;
+            proved = wait_barrier(&mut barrier) => {
+                barrier = None;
+                complete_until = complete_until.max(proved?);
             }
-        };
-        let cfg = config.borrow_and_update().clone();
-        let outcome = {
-            let mut ballots = shared.ballots();
-            if ballots.is_decided(&read.read_id) {
-                tracing::debug!(read_id = %read.read_id, "already decided");
-                continue;
+            acked = in_flight.next(), if !in_flight.is_empty() => {
+                settle(js, shared, stats, acked.expect("non-empty")).await?;
             }
-            let mut outcome = rules::decide(&cfg, &ballots, &read, SystemTime::now());
-            if !options.partition.owns(&outcome.poll_id) {
-                continue;
+            next = messages.next(), if waiting.len() < MAX_WAITING => {
+                let Some(msg) = next else { return Ok(()) };
+                let msg = msg.map_err(|e| BusError::js("reading identified reads", e))?;
+                let (seq, pending, stored) = {
+                    let info = msg
+                        .info()
+                        .map_err(|e| BusError::js("identified read metadata", e))?;
+                    (info.stream_sequence, info.pending, SystemTime::from(info.published))
+                };
+                clock.observe(stored, SystemTime::now());
+                stats.lag.store(pending, std::sync::atomic::Ordering::Relaxed);
+                let read: v1::IdentifiedRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, seq, "skipping undecodable identified read");
+                        stats.error(&e);
+                        continue;
+                    }
+                };
+                // Reads identified before tap moments existed: the time this
+                // stream stored them (never the device's clock).
+                let moment = tagpoll_proto::to_system_time(read.tapped_at.as_ref()).unwrap_or(stored);
+                waiting.push_back(Waiting { seq, read, moment });
             }
-            outcome.identified_seq = seq;
-            outcome.partition = options.partition.to_string();
-            // Applied now so the next read sees it; stored before it counts
-            // anywhere outside this process (snapshots wait for the ack).
-            ballots.apply(&outcome, 0);
-            outcome
-        };
-        let subject = subjects::outcome(&outcome.poll_id, &outcome.reader_id);
-        let ack = publish::send_for_read(
-            js,
-            subject,
-            &outcome.read_id,
-            outcome.encode_to_vec().into(),
-        )
-        .await?;
-        tracing::debug!(read_id = %outcome.read_id, seq, kind = ?outcome.kind(), "decided");
-        let display_name = match read.identity {
-            Some(v1::identified_read::Identity::Voter(v)) => v.display_name,
-            _ => String::new(),
-        };
-        in_flight.push_back(
-            async move {
-                Acked {
-                    outcome,
-                    display_name,
-                    ack: ack.await,
-                }
-            }
-            .boxed(),
-        );
+        }
     }
+}
+
+/// Decides one read at its tap moment and starts storing the outcome;
+/// corrections it causes are stored first, each awaited.
+async fn decide_one(
+    js: &jetstream::Context,
+    log: &ConfigLog,
+    shared: &Shared,
+    options: &TallyOptions,
+    stats: &Stats,
+    in_flight: &mut InFlight,
+    w: Waiting,
+) -> Result<(), BusError> {
+    let span = tracing::info_span!("tally", read_id = %w.read.read_id, reader = %w.read.reader_id);
+    let as_of = log.lock().as_of(w.moment);
+    let placement = {
+        let ballots = shared.ballots();
+        if ballots.is_decided(&w.read.read_id) {
+            tracing::debug!(parent: &span, "already decided");
+            return Ok(());
+        }
+        match rules::classify(&as_of.config, &w.read, w.moment) {
+            rules::Decision::Final(outcome) => rules::Placement {
+                outcome,
+                corrections: Vec::new(),
+            },
+            rules::Decision::Countable(vote) => {
+                let poll_id = vote.poll.poll_id.clone();
+                rules::place(&ballots, vote, |m| {
+                    log.lock().as_of(m).config.polls.get(&poll_id).cloned()
+                })
+            }
+        }
+    };
+    let rules::Placement {
+        mut outcome,
+        mut corrections,
+    } = placement;
+    if !options.partition.owns(&outcome.poll_id) {
+        return Ok(());
+    }
+    if as_of.before_history {
+        stats.count("moment_before_history");
+        tracing::warn!(parent: &span, moment = ?w.moment,
+            "tap moment older than the kept config history: decided against the oldest kept state");
+    }
+    let partition = options.partition.to_string();
+    outcome.identified_seq = w.seq;
+    outcome.partition = partition.clone();
+    if !corrections.is_empty() {
+        // Stored before the late tap's own outcome, each awaited: if any of
+        // them fails, the late read is still undecided and is decided again
+        // (against what was stored) after the rebuild.
+        while let Some(acked) = in_flight.next().await {
+            settle(js, shared, stats, acked).await?;
+        }
+        for c in &mut corrections {
+            c.identified_seq = w.seq;
+            c.partition = partition.clone();
+            shared.ballots().apply(c, 0);
+            let msg_id = format!("{}~{}", c.read_id, c.corrected_by);
+            let ack = publish::send_with_id(
+                js,
+                subjects::outcome(&c.poll_id, &c.reader_id),
+                &msg_id,
+                &c.read_id,
+                c.encode_to_vec().into(),
+            )
+            .await?;
+            tracing::info!(parent: &span, corrected = %c.read_id, kind = ?c.kind(), "correcting a later tap");
+            stats.count("corrections");
+            let acked = Acked {
+                outcome: c.clone(),
+                display_name: String::new(),
+                ack: ack.await,
+            };
+            settle(js, shared, stats, acked).await?;
+        }
+    }
+    // Applied now so the next read sees it; stored before it counts
+    // anywhere outside this process (snapshots wait for the ack).
+    shared.ballots().apply(&outcome, 0);
+    if tagpoll_proto::to_system_time(w.read.stored_at.as_ref())
+        .and_then(|s| s.duration_since(w.moment).ok())
+        .is_some_and(|held| held > Duration::from_secs(2))
+    {
+        stats.count("late_taps");
+    }
+    let subject = subjects::outcome(&outcome.poll_id, &outcome.reader_id);
+    let ack = publish::send_for_read(
+        js,
+        subject,
+        &outcome.read_id,
+        outcome.encode_to_vec().into(),
+    )
+    .await?;
+    tracing::debug!(parent: &span, seq = w.seq, kind = ?outcome.kind(), "decided");
+    let display_name = match w.read.identity {
+        Some(v1::identified_read::Identity::Voter(v)) => v.display_name,
+        _ => String::new(),
+    };
+    in_flight.push_back(
+        async move {
+            Acked {
+                outcome,
+                display_name,
+                ack: ack.await,
+            }
+        }
+        .boxed(),
+    );
+    Ok(())
 }
 
 /// Waits for one outcome's ack. A duplicate ack means an outcome for this
@@ -396,6 +563,16 @@ async fn settle_in_span(
                 format!("read {} was already decided differently", f.outcome.read_id),
             ));
         }
+    }
+    if f.outcome.correction {
+        // A correction changes what an earlier tap meant; the voter was told
+        // about the late tap itself. No feedback.
+        {
+            let mut ballots = shared.ballots();
+            ballots.last_seq = ballots.last_seq.max(ack.sequence);
+        }
+        shared.mark_dirty(&f.outcome.poll_id);
+        return Ok(());
     }
     // Only now, so a reader never signals a vote that is not stored, and
     // before the snapshot is due, so the XMPP bridge (personal mode) has the
@@ -440,6 +617,7 @@ fn same_decision(a: &v1::VoteOutcome, b: &v1::VoteOutcome) -> bool {
         a.previous_answer_id.as_str(),
         a.voter_id.as_str(),
         a.run,
+        a.correction,
     ) == (
         b.kind,
         b.poll_id.as_str(),
@@ -447,6 +625,7 @@ fn same_decision(a: &v1::VoteOutcome, b: &v1::VoteOutcome) -> bool {
         b.previous_answer_id.as_str(),
         b.voter_id.as_str(),
         b.run,
+        b.correction,
     )
 }
 
