@@ -684,3 +684,200 @@ async fn an_outcome_refused_below_a_stored_one_is_decided_again() {
     })
     .await;
 }
+
+/// All outcomes in the vote stream, in stream order.
+async fn vote_log(js: &async_nats::jetstream::Context) -> Vec<v1::VoteOutcome> {
+    stream_messages(js, names::STREAM_VOTES)
+        .await
+        .into_iter()
+        .map(|(_, b)| v1::VoteOutcome::decode(b.as_ref()).expect("outcome"))
+        .collect()
+}
+
+/// Issue #14's scenario: taps made while identity was down are decided,
+/// once it is back, against the poll state and reader mapping at the time
+/// they were made, not at the time they are decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taps_held_by_a_stopped_identity_count_as_of_when_they_were_made() {
+    let bus = TestBus::start();
+    let event = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/event.toml");
+    ok(&bus.cli(&["load", event]));
+    let _tally = bus.service("tagpoll-tally", &[], &[]);
+    let client = bus.client().await;
+    let js = async_nats::jetstream::new(client);
+    for (reader, tag) in [("coffee-left", "0A0B0C0D"), ("talk-rfid", "0A0B0C0E")] {
+        ok(&bus.cli(&["tap", "--reader", reader, "--tag", tag, "--no-wait"]));
+    }
+    wait_len(&js, names::STREAM_READS, 2, Duration::from_secs(10)).await;
+    // Both taps are stored; now the evening moves on before they are decided.
+    assert_eq!(
+        ok(&bus.cli(&["poll", "close", "drink"])).trim(),
+        "poll drink is closed"
+    );
+    ok(&bus.cli(&["reader", "map", "talk-rfid", "talk", "xmpp"]));
+    let _identity = bus.service("tagpoll-identity", &[], &[]);
+    wait_len(&js, names::STREAM_VOTES, 2, Duration::from_secs(60)).await;
+    let log = vote_log(&js).await;
+    let by_poll: HashMap<&str, &v1::VoteOutcome> =
+        log.iter().map(|o| (o.poll_id.as_str(), o)).collect();
+    assert_eq!(log.len(), 2, "{log:?}");
+    let drink = by_poll["drink"];
+    assert_eq!(
+        (drink.kind(), drink.answer_id.as_str()),
+        (v1::OutcomeKind::Accepted, "coffee"),
+        "{drink:?}"
+    );
+    let talk = by_poll["talk"];
+    assert_eq!(
+        (talk.kind(), talk.answer_id.as_str()),
+        (v1::OutcomeKind::Accepted, "rfid"),
+        "{talk:?}"
+    );
+    for o in &log {
+        assert!(
+            o.tapped_at.is_some(),
+            "outcome without its tap moment: {o:?}"
+        );
+    }
+    eventually(Duration::from_secs(15), "results", || async {
+        let (drink, talk) = (
+            stored_counts(&js, "drink").await,
+            stored_counts(&js, "talk").await,
+        );
+        if drink == HashMap::from([("coffee".to_string(), 1)])
+            && talk == HashMap::from([("rfid".to_string(), 1)])
+        {
+            Ok(())
+        } else {
+            Err(format!("drink {drink:?} talk {talk:?}"))
+        }
+    })
+    .await;
+    for poll in ["drink", "talk"] {
+        let out = ok(&bus.cli(&["replay", poll]));
+        assert!(
+            out.contains("live counts are equal to the recount"),
+            "{out}"
+        );
+    }
+}
+
+/// An identified read as identity stores it, with its tap moment.
+fn identified_at(
+    read_id: &str,
+    reader: &str,
+    voter: &str,
+    moment: std::time::SystemTime,
+) -> v1::IdentifiedRead {
+    v1::IdentifiedRead {
+        read_id: read_id.into(),
+        device_id: "box".into(),
+        reader_id: reader.into(),
+        read_at: Some(tagpoll_proto::timestamp(moment)),
+        identity: Some(v1::identified_read::Identity::Voter(v1::Voter {
+            voter_id: voter.into(),
+            backend: "file".into(),
+            ..Default::default()
+        })),
+        identified_at: Some(tagpoll_proto::now()),
+        tapped_at: Some(tagpoll_proto::timestamp(moment)),
+        tap_moment: v1::TapMoment::DeviceClock as i32,
+        stored_at: Some(tagpoll_proto::now()),
+        ..Default::default()
+    }
+}
+
+/// A voter's earlier tap that arrives after a later one still counts first
+/// ("first vote stands"): the later tap's outcome is corrected in the vote
+/// stream, and the counts, the recount and a restarted tally agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_tap_arriving_late_is_counted_first_and_corrects_the_later_one() {
+    let bus = TestBus::start();
+    let event = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/event.toml");
+    ok(&bus.cli(&["load", event]));
+    let mut tally = bus.service("tagpoll-tally", &[], &[]);
+    let js = async_nats::jetstream::new(bus.client().await);
+    // Moments after the event was loaded (before it, no reader was mapped).
+    let loaded = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let publish = |read: v1::IdentifiedRead| {
+        let js = js.clone();
+        async move {
+            tagpoll_bus::publish::publish_for_read(
+                &js,
+                subjects::identified(&read.device_id, &read.reader_id),
+                &read.read_id,
+                read.encode_to_vec().into(),
+            )
+            .await
+            .expect("publish identified read");
+        }
+    };
+    // Tea arrives first; coffee, tapped before it (spooled on an offline
+    // box), arrives after it.
+    publish(identified_at(
+        "late-tea",
+        "tea",
+        "file:dana",
+        loaded + Duration::from_millis(200),
+    ))
+    .await;
+    wait_len(&js, names::STREAM_VOTES, 1, Duration::from_secs(30)).await;
+    publish(identified_at(
+        "late-coffee",
+        "coffee-left",
+        "file:dana",
+        loaded + Duration::from_millis(100),
+    ))
+    .await;
+    wait_len(&js, names::STREAM_VOTES, 3, Duration::from_secs(30)).await;
+    let log = vote_log(&js).await;
+    let summary: Vec<(&str, v1::OutcomeKind, bool)> = log
+        .iter()
+        .map(|o| (o.read_id.as_str(), o.kind(), o.correction))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("late-tea", v1::OutcomeKind::Accepted, false),
+            ("late-tea", v1::OutcomeKind::Duplicate, true),
+            ("late-coffee", v1::OutcomeKind::Accepted, false),
+        ]
+    );
+    assert_eq!(log[1].corrected_by, "late-coffee");
+    let want = HashMap::from([("coffee".to_string(), 1)]);
+    eventually(Duration::from_secs(15), "corrected results", || async {
+        let got = stored_counts(&js, "drink").await;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    let out = ok(&bus.cli(&["replay", "drink"]));
+    assert!(
+        out.contains("live counts are equal to the recount"),
+        "{out}"
+    );
+    // A restarted tally rebuilds the same counts from the stream, corrections included.
+    tally.kill();
+    let _tally = bus.service("tagpoll-tally", &[], &[]);
+    ok(&bus.cli(&["tap", "--reader", "tea", "--tag", "0B0B0B0B", "--no-wait"]));
+    let _identity = bus.service("tagpoll-identity", &[], &[]);
+    wait_len(&js, names::STREAM_VOTES, 4, Duration::from_secs(60)).await;
+    let want = HashMap::from([("coffee".to_string(), 1), ("tea".to_string(), 1)]);
+    eventually(
+        Duration::from_secs(15),
+        "results after the restart",
+        || async {
+            let got = stored_counts(&js, "drink").await;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+}

@@ -69,7 +69,16 @@ pub struct OutcomeJson {
     /// The smaller line under it (a hint for unknown tags).
     pub detail: String,
     pub decided_at: Option<String>,
+    /// The tap moment (when the tap was made, server clock).
+    pub tapped_at: Option<String>,
+    /// The outcome comes more than [`LATE_AFTER`] after the tap (a spooled
+    /// tap, an identity outage): the kiosk shows it as a late result, not
+    /// as the tap of whoever stands at the reader now.
+    pub late: bool,
 }
+
+/// How old a tap may be for its outcome to be shown as the current tap.
+pub const LATE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The reader's mapping resolved against the current polls.
 pub fn reader_info(config: &EventConfig, reader: &str) -> ReaderInfoJson {
@@ -134,6 +143,20 @@ fn with_name(word: &str, name: &str) -> String {
 
 /// What the kiosk tells the person who just tapped, greeted as `name`.
 pub fn outcome_json(config: &EventConfig, o: &v1::VoteOutcome, name: &str) -> OutcomeJson {
+    outcome_json_at(config, o, name, std::time::SystemTime::now())
+}
+
+/// [`outcome_json`] as seen at `now`.
+pub fn outcome_json_at(
+    config: &EventConfig,
+    o: &v1::VoteOutcome,
+    name: &str,
+    now: std::time::SystemTime,
+) -> OutcomeJson {
+    let tapped = tagpoll_proto::to_system_time(o.tapped_at.as_ref());
+    let late = tapped
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age > LATE_AFTER);
     let poll = config.polls.get(&o.poll_id);
     let label_of = |answer: &str| {
         if answer.is_empty() {
@@ -208,6 +231,8 @@ pub fn outcome_json(config: &EventConfig, o: &v1::VoteOutcome, name: &str) -> Ou
         headline,
         detail,
         decided_at: o.decided_at.map(|t| t.to_string()),
+        tapped_at: o.tapped_at.map(|t| t.to_string()),
+        late,
     }
 }
 
@@ -359,6 +384,25 @@ mod tests {
             ("Yes or no?", "Yes", "open")
         );
         assert!(!reader_info(&c, "other").mapped);
+    }
+
+    #[test]
+    fn an_outcome_long_after_its_tap_is_late() {
+        let c = config();
+        let now = std::time::SystemTime::now();
+        let mut o = outcome(OutcomeKind::Accepted, RejectReason::Unspecified);
+        o.tapped_at = Some(tagpoll_proto::timestamp(
+            now - std::time::Duration::from_secs(1),
+        ));
+        assert!(!outcome_json_at(&c, &o, "", now).late);
+        o.tapped_at = Some(tagpoll_proto::timestamp(
+            now - std::time::Duration::from_secs(90),
+        ));
+        let j = outcome_json_at(&c, &o, "", now);
+        assert!(j.late);
+        assert!(j.tapped_at.is_some());
+        o.tapped_at = None;
+        assert!(!outcome_json_at(&c, &o, "", now).late);
     }
 
     #[test]
