@@ -39,9 +39,12 @@ pub const NS_NONE: &str = "";
 /// it, before it goes out with the last known counts plus this vote.
 pub const RESULTS_WAIT: Duration = Duration::from_secs(2);
 
-/// Whether an outcome becomes a vote notification: counted votes only.
+/// Whether an outcome becomes a vote notification: counted votes only, and
+/// never a correction (a later tap re-decided after a late earlier one: the
+/// voter voted once, and the results nodes carry the corrected counts).
 pub fn is_notified(o: &v1::VoteOutcome) -> bool {
     matches!(o.kind(), OutcomeKind::Accepted | OutcomeKind::Changed)
+        && !o.correction
         && !o.poll_id.is_empty()
         && o.poll_id != tagpoll_proto::subjects::NO_POLL
 }
@@ -412,6 +415,9 @@ mod tests {
     fn only_counted_votes_are_notified() {
         assert!(is_notified(&outcome(OutcomeKind::Accepted, "tea", "")));
         assert!(is_notified(&outcome(OutcomeKind::Changed, "tea", "x")));
+        let mut corrected = outcome(OutcomeKind::Changed, "tea", "x");
+        corrected.correction = true;
+        assert!(!is_notified(&corrected));
         assert!(!is_notified(&outcome(OutcomeKind::Duplicate, "tea", "")));
         assert!(!is_notified(&outcome(OutcomeKind::Rejected, "tea", "")));
     }
