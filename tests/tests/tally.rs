@@ -881,3 +881,113 @@ async fn an_earlier_tap_arriving_late_is_counted_first_and_corrects_the_later_on
     )
     .await;
 }
+
+/// Two tally partitions while readers are remapped back and forth between
+/// polls of different owners, with taps going on all the while: every read
+/// gets exactly one outcome (neither skipped by both owners nor decided by
+/// both), each for the poll its reader stood for at the tap moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remaps_between_partitions_neither_drop_nor_double_a_read() {
+    use tagpoll_tally::partition::Partition;
+    let owner = |i: u32| Partition { index: i, count: 2 };
+    let mine = |p: Partition| {
+        (0..100)
+            .map(|i| format!("poll{i}"))
+            .find(|id| p.owns(id))
+            .unwrap()
+    };
+    let (poll_a, poll_b) = (mine(owner(0)), mine(owner(1)));
+    let event = format!(
+        r#"
+[event]
+id = "moving"
+identity = ["anonymous"]
+[[polls]]
+id = "{poll_a}"
+question = "A?"
+allow_anonymous = true
+mode = "change"
+answers = [{{ id = "y", label = "Y" }}]
+[[polls]]
+id = "{poll_b}"
+question = "B?"
+allow_anonymous = true
+mode = "change"
+answers = [{{ id = "y", label = "Y" }}]
+[[readers]]
+id = "ra"
+poll = "{poll_a}"
+answer = "y"
+"#
+    );
+    let bus = TestBus::start();
+    ok(&bus.cli(&["load", &write_file(&bus, "event.toml", &event)]));
+    let _identity = bus.service("tagpoll-identity", &[], &[]);
+    let _t0 = bus.service("tagpoll-tally", &["--partition", "0/2"], &[]);
+    let _t1 = bus.service("tagpoll-tally", &["--partition", "1/2"], &[]);
+    let js = async_nats::jetstream::new(bus.client().await);
+    let taps = 300u32;
+    let tapper = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for i in 0..taps {
+                tap(&js, "d", "ra", &i.to_be_bytes(), &format!("mv-{i:04}")).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut remaps = 0;
+    while !tapper.is_finished() {
+        let poll = if remaps % 2 == 0 { &poll_b } else { &poll_a };
+        ok(&bus.cli(&["reader", "map", "ra", poll, "y"]));
+        remaps += 1;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    tapper.await.expect("tapper");
+    assert!(remaps >= 4, "only {remaps} remaps happened during the taps");
+    wait_len(
+        &js,
+        names::STREAM_VOTES,
+        taps as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Sentinel: a last tap after everything, decided once it is in, means
+    // nothing decided before it is still on its way.
+    tap(&js, "d", "ra", &[0xEE], "mv-sentinel").await;
+    let log = eventually(
+        Duration::from_secs(30),
+        "the sentinel's outcome",
+        || async {
+            let log = vote_log(&js).await;
+            if log.iter().any(|o| o.read_id == "mv-sentinel") {
+                Ok(log)
+            } else {
+                Err(format!("{} outcomes", log.len()))
+            }
+        },
+    )
+    .await;
+    let mut per_read: HashMap<&str, Vec<&v1::VoteOutcome>> = HashMap::new();
+    for o in log.iter().filter(|o| !o.correction) {
+        per_read.entry(o.read_id.as_str()).or_default().push(o);
+    }
+    for i in 0..taps {
+        let id = format!("mv-{i:04}");
+        let got = per_read.get(id.as_str()).map_or(0, Vec::len);
+        assert_eq!(got, 1, "read {id} has {got} outcomes");
+    }
+    assert_eq!(per_read.len(), taps as usize + 1);
+    let both: std::collections::HashSet<&str> = log.iter().map(|o| o.partition.as_str()).collect();
+    assert!(
+        both.contains("0/2") && both.contains("1/2"),
+        "both partitions decided: {both:?}"
+    );
+    for poll in [&poll_a, &poll_b] {
+        let out = ok(&bus.cli(&["replay", poll]));
+        assert!(
+            out.contains("live counts are equal to the recount"),
+            "{out}"
+        );
+    }
+}
