@@ -24,6 +24,7 @@ use tagpoll::dev::ServiceProcess;
 use tagpoll::nats_server::{NatsServer, ServerOptions};
 
 pub mod prosody;
+pub mod tcp_proxy;
 
 pub use tagpoll_proto::{names, subjects, v1};
 
