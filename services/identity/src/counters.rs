@@ -1,6 +1,8 @@
 //! Counters of one identity instance. `handled` and the last error also go out in the
-//! heartbeat (`tagpoll_bus::heartbeat::Stats`); the rest is logged every
-//! [`LOG_INTERVAL`] while something happens.
+//! heartbeat (`tagpoll_bus::heartbeat::Stats`), and so do the tap-moment counters `held`,
+//! `clock_untrusted` and `nak_moment` (heartbeat `counters`, on `/metrics` as
+//! `tagpoll_identity_{name}_total`); all are logged every [`LOG_INTERVAL`] while something
+//! happens.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,7 +11,12 @@
 //! 3. **Per-tag gate.** A read is published only when no earlier read of the same tag is still
 //!    waiting anywhere ([`crate::order::Ledger`]); if the earlier one is our own publish in
 //!    flight we wait for its ack, otherwise the read is handed back (nak) to come again shortly.
-//! 4. **Publish, then ack.** The `IdentifiedRead` goes to `tagpoll.identified.{device}.{reader}`
+//! 4. **Tap moment.** Each read gets its one trusted time ([`crate::tap_moment`]): when
+//!    `TAGPOLL_READS` stored it, or for a tap that waited in its reader box's spool, the
+//!    device's `read_at` corrected by the device's clock offset (measured from its heartbeats,
+//!    [`crate::device_clocks`]) and bounded by the device's previous stored tap. That lookup
+//!    runs alongside the backend lookup; when it fails the read is handed back shortly.
+//! 5. **Publish, then ack.** The `IdentifiedRead` goes to `tagpoll.identified.{device}.{reader}`
 //!    with `Nats-Msg-Id` = read id (pipelined); the read is acknowledged only after JetStream
 //!    acknowledged that publish, so a crash at any point re-delivers it, and a re-delivery
 //!    stores nothing new.
@@ -45,8 +50,10 @@ use tracing::Instrument;
 
 use crate::backend::{Backends, Lookup};
 use crate::counters::{Counters, inc};
+use crate::device_clocks::{self, DeviceClocks, LookupError};
 use crate::intake::{BATCH_EXPIRES, Intake};
 use crate::order::Ledger;
+use crate::tap_moment::{self, Moment, Plan};
 
 /// How long before an unacknowledged read is re-delivered.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
@@ -56,6 +63,9 @@ pub const MAX_ACK_PENDING: i64 = 1000;
 pub const STOP_LIMIT: Duration = Duration::from_secs(10);
 /// Longest nak delay of a read held back for an earlier tap of its tag.
 pub const ORDER_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Longest wait at start for the device heartbeats already stored (so a spooled tap arriving
+/// right after a restart still finds its device's clock).
+pub const CLOCKS_CATCH_UP: Duration = Duration::from_secs(10);
 /// Shown at the kiosk for an unknown tag when the event has no `unknown_tag_hint`.
 pub const DEFAULT_UNKNOWN_HINT: &str = "Link your tag to your account, then tap again.";
 
@@ -145,10 +155,12 @@ struct Ctx {
     stored_at: std::time::SystemTime,
     /// No backend knew the tag (for the counters).
     unknown: bool,
+    /// The tap moment, once found (set with the lookup's result).
+    moment: Option<Moment>,
     span: tracing::Span,
 }
 
-type Resolving = FuturesOrdered<BoxFuture<'static, (Ctx, Lookup)>>;
+type Resolving = FuturesOrdered<BoxFuture<'static, (Ctx, Lookup, Result<Moment, LookupError>)>>;
 type Acks = FuturesOrdered<BoxFuture<'static, (Ctx, Result<(), String>)>>;
 
 /// Runs the identity loop until `shutdown` resolves; then the reads this instance holds are
@@ -159,6 +171,13 @@ pub async fn run(
 ) -> Result<(), BusError> {
     let consumer = consumer(&identity.js).await?;
     let ledger = Ledger::start(&identity.js, &consumer).await?;
+    let (clocks, _follower) = DeviceClocks::start(identity.js.clone());
+    if !clocks.wait_caught_up(CLOCKS_CATCH_UP).await {
+        tracing::warn!(
+            "device heartbeats not read within {CLOCKS_CATCH_UP:?}; until they are, spooled taps \
+             count at their arrival"
+        );
+    }
     let concurrency = identity.options.concurrency.max(1);
     if concurrency as i64 > MAX_ACK_PENDING {
         tracing::warn!(
@@ -178,6 +197,7 @@ pub async fn run(
     let mut pipe = Pipeline {
         identity: &identity,
         ledger,
+        clocks,
         resolving: FuturesOrdered::new(),
         acks: FuturesOrdered::new(),
         in_window: HashSet::new(),
@@ -218,8 +238,8 @@ pub async fn run(
                 break;
             }
             Some((ctx, r)) = pipe.acks.next(), if !pipe.acks.is_empty() => pipe.finish(ctx, r).await,
-            Some((ctx, lookup)) = pipe.resolving.next(), if !pipe.resolving.is_empty() => {
-                pipe.publish_stage(ctx, lookup).await
+            Some((ctx, lookup, moment)) = pipe.resolving.next(), if !pipe.resolving.is_empty() => {
+                pipe.publish_stage(ctx, lookup, moment).await
             }
             Some(m) = intake.next(), if can_take => match m {
                 Err(e) => {
@@ -264,6 +284,7 @@ async fn hand_back_fetched(intake: &mut Intake) {
 struct Pipeline<'a> {
     identity: &'a Identity,
     ledger: Arc<Ledger>,
+    clocks: Arc<DeviceClocks>,
     resolving: Resolving,
     acks: Acks,
     /// Stream sequences of our publishes awaiting their ack.
@@ -326,12 +347,15 @@ impl Pipeline<'_> {
         let backends = id.backends.clone();
         let uid = read.tag_uid.clone();
         let mut stopping = self.stopping.clone();
+        let moment = self.moment(&read, seq, stored_at);
         let task = tokio::spawn(
             async move {
+                let both = futures::future::join(backends.resolve(&config, &uid), moment);
                 tokio::select! {
-                    lookup = backends.resolve(&config, &uid) => lookup,
-                    _ = stopping.wait_for(|s| *s) => Lookup::Unavailable(
-                        crate::backend::Unavailable::new("shutting down"),
+                    both = both => both,
+                    _ = stopping.wait_for(|s| *s) => (
+                        Lookup::Unavailable(crate::backend::Unavailable::new("shutting down")),
+                        Err(LookupError::Request("shutting down".into())),
                     ),
                 }
             }
@@ -344,27 +368,75 @@ impl Pipeline<'_> {
             deliveries,
             stored_at,
             unknown: false,
+            moment: None,
             span,
         };
         self.resolving.push_back(
             async move {
-                let lookup = task.await.unwrap_or_else(|e| {
-                    Lookup::Unavailable(crate::backend::Unavailable::new(format!(
-                        "lookup task failed: {e}"
-                    )))
+                let (lookup, moment) = task.await.unwrap_or_else(|e| {
+                    (
+                        Lookup::Unavailable(crate::backend::Unavailable::new(format!(
+                            "lookup task failed: {e}"
+                        ))),
+                        Err(LookupError::Request(format!("lookup task failed: {e}"))),
+                    )
                 });
-                (ctx, lookup)
+                (ctx, lookup, moment)
             }
             .boxed(),
         );
     }
 
-    async fn publish_stage(&mut self, ctx: Ctx, lookup: Lookup) {
-        let span = ctx.span.clone();
-        self.publish_stage_inner(ctx, lookup).instrument(span).await
+    /// The read's tap moment: known at once unless the tap was held in its reader's spool,
+    /// then after looking up the device's previous stored tap (the lower bound).
+    fn moment(
+        &self,
+        read: &v1::TagRead,
+        seq: u64,
+        stored_at: std::time::SystemTime,
+    ) -> BoxFuture<'static, Result<Moment, LookupError>> {
+        let stored = tap_moment::nanos_of(stored_at);
+        let offset = self.clocks.offset(&read.device_id);
+        match tap_moment::plan(read.read_at.as_ref(), stored, offset) {
+            Plan::Done(m) => futures::future::ready(Ok(m)).boxed(),
+            Plan::Held { corrected, offset } => {
+                let client = self.identity.js.client();
+                let device = read.device_id.clone();
+                async move {
+                    let previous = device_clocks::previous_tap(
+                        &client,
+                        &device,
+                        seq,
+                        device_clocks::LOOKUP_TIMEOUT,
+                    )
+                    .await?;
+                    let lower =
+                        previous.map(|p| tap_moment::previous_moment(p.stored, p.read_at, offset));
+                    Ok(tap_moment::held(corrected, stored, lower))
+                }
+                .boxed()
+            }
+        }
     }
 
-    async fn publish_stage_inner(&mut self, mut ctx: Ctx, lookup: Lookup) {
+    async fn publish_stage(
+        &mut self,
+        ctx: Ctx,
+        lookup: Lookup,
+        moment: Result<Moment, LookupError>,
+    ) {
+        let span = ctx.span.clone();
+        self.publish_stage_inner(ctx, lookup, moment)
+            .instrument(span)
+            .await
+    }
+
+    async fn publish_stage_inner(
+        &mut self,
+        mut ctx: Ctx,
+        lookup: Lookup,
+        moment: Result<Moment, LookupError>,
+    ) {
         let id = self.identity;
         if *self.stopping.borrow() {
             // Whatever the lookup found, the next instance finds it again (cached).
@@ -372,6 +444,22 @@ impl Pipeline<'_> {
             tracing::debug!("handed back on shutdown");
             return;
         }
+        let moment = match moment {
+            Ok(m) => m,
+            Err(e) => {
+                // A held tap's lower bound is never guessed: try again shortly.
+                let delay = id
+                    .options
+                    .nak_delay(id.options.order_retry, ctx.deliveries, None);
+                tracing::warn!(error = %e, ?delay, "cannot look up the device's previous tap; retrying the read");
+                id.stats.error(&e);
+                inc(&id.counters.nak_moment);
+                id.stats.count("nak_moment");
+                let _ = ctx.msg.ack_with(AckKind::Nak(Some(delay))).await;
+                return;
+            }
+        };
+        ctx.moment = Some(moment);
         let identity = match lookup {
             Lookup::Found(voter) => v1::identified_read::Identity::Voter(voter),
             Lookup::Unknown => {
@@ -426,8 +514,8 @@ impl Pipeline<'_> {
             device_seq: read.device_seq,
             identity: Some(identity),
             identified_at: Some(tagpoll_proto::now()),
-            tapped_at: Some(tagpoll_proto::timestamp(ctx.stored_at)),
-            tap_moment: v1::TapMoment::Stored as i32,
+            tapped_at: Some(tap_moment::timestamp_of(moment.at)),
+            tap_moment: moment.source as i32,
             stored_at: Some(tagpoll_proto::timestamp(ctx.stored_at)),
         };
         let subject = subjects::identified(&read.device_id, &read.reader_id);
@@ -458,7 +546,10 @@ impl Pipeline<'_> {
                     if let Err(e) = ctx.msg.ack().await {
                         tracing::warn!(error = %e, "ack failed; the read will be re-delivered and de-duplicated");
                     }
-                    tracing::debug!("identified");
+                    tracing::debug!(
+                        tap_moment = ctx.moment.map_or("", |m| m.source.as_str_name()),
+                        "identified"
+                    );
                 }
                 .instrument(span)
                 .await;
@@ -466,6 +557,17 @@ impl Pipeline<'_> {
                 inc(&id.counters.identified);
                 if ctx.unknown {
                     inc(&id.counters.unknown);
+                }
+                match ctx.moment.map(|m| m.source) {
+                    Some(v1::TapMoment::DeviceClock) => {
+                        inc(&id.counters.held);
+                        id.stats.count("held");
+                    }
+                    Some(v1::TapMoment::StoredClockUntrusted) => {
+                        inc(&id.counters.clock_untrusted);
+                        id.stats.count("clock_untrusted");
+                    }
+                    _ => {}
                 }
             }
             Err(e) => self.nak_publish(ctx, e).await,
