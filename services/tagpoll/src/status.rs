@@ -4,7 +4,10 @@
 //! which also remembers senders that went silent, so they show as offline),
 //! live answers of running services to `tagpoll.admin.status`, and stream
 //! info. The JSON form (`--json`) is a contract: `services` and `devices`
-//! lists whose `state` is `"online"` or `"offline"`.
+//! lists whose `state` is `"online"` or `"offline"`; each device has
+//! `clock_offset_ms` (server clock − box clock as measured from its last
+//! heartbeat, or null) and `clock_trusted` (whether the identity service
+//! counts its spooled taps at their device time, see docs/identity.md).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -14,6 +17,7 @@ use futures::StreamExt;
 use prost::Message;
 use serde::Serialize;
 use tagpoll_bus::heartbeat::is_online;
+use tagpoll_identity::tap_moment;
 use tagpoll_proto::{names, subjects, v1};
 
 /// Offline service instances older than this are no longer listed.
@@ -56,6 +60,12 @@ pub struct DeviceStatus {
     pub taps: u64,
     pub nats_connected: bool,
     pub last_error: String,
+    /// Server clock − box clock in ms from the last heartbeat (its stored time − `sent_at`,
+    /// transit included); null when unknown (no stored time, or sent while offline).
+    pub clock_offset_ms: Option<i64>,
+    /// Whether the offset is within [`tap_moment::CLOCK_TRUST_BOUND`], so taps that waited
+    /// in the box's spool count at their device time (else at their arrival).
+    pub clock_trusted: bool,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -83,35 +93,39 @@ fn state(online: bool) -> &'static str {
     if online { "online" } else { "offline" }
 }
 
-/// Builds the report from heartbeats (newest per sender) and live replies.
+/// A heartbeat and when `TAGPOLL_HEARTBEATS` stored it (none for a live reply).
+pub type StoredHeartbeat = (v1::Heartbeat, Option<SystemTime>);
+
+/// Builds the report from stored heartbeats (newest per sender) and live replies.
 pub fn assemble(
-    heartbeats: Vec<v1::Heartbeat>,
+    heartbeats: Vec<StoredHeartbeat>,
     live: Vec<v1::Heartbeat>,
     streams: Vec<StreamStatus>,
     now: SystemTime,
 ) -> Status {
-    let mut latest: BTreeMap<(String, String, String), v1::Heartbeat> = BTreeMap::new();
-    for hb in heartbeats.into_iter().chain(live) {
+    let mut latest: BTreeMap<(String, String, String), StoredHeartbeat> = BTreeMap::new();
+    let live = live.into_iter().map(|hb| (hb, None));
+    for (hb, stored) in heartbeats.into_iter().chain(live) {
         let key = (hb.kind.clone(), hb.name.clone(), hb.instance.clone());
-        let newer = latest.get(&key).is_none_or(|old| {
+        let newer = latest.get(&key).is_none_or(|(old, _)| {
             tagpoll_proto::to_system_time(old.sent_at.as_ref())
                 <= tagpoll_proto::to_system_time(hb.sent_at.as_ref())
         });
         if newer {
-            latest.insert(key, hb);
+            latest.insert(key, (hb, stored));
         }
     }
     let mut services = Vec::new();
-    let mut devices: BTreeMap<String, v1::Heartbeat> = BTreeMap::new();
-    for ((kind, _, _), hb) in latest {
+    let mut devices: BTreeMap<String, StoredHeartbeat> = BTreeMap::new();
+    for ((kind, _, _), (hb, stored)) in latest {
         if kind == "device" {
             // A device may have restarted under a new instance id: keep its newest.
-            let keep = devices.get(&hb.name).is_none_or(|old| {
+            let keep = devices.get(&hb.name).is_none_or(|(old, _)| {
                 tagpoll_proto::to_system_time(old.sent_at.as_ref())
                     <= tagpoll_proto::to_system_time(hb.sent_at.as_ref())
             });
             if keep {
-                devices.insert(hb.name.clone(), hb);
+                devices.insert(hb.name.clone(), (hb, stored));
             }
             continue;
         }
@@ -136,8 +150,10 @@ pub fn assemble(
     }
     let devices = devices
         .into_values()
-        .map(|hb| {
+        .map(|(hb, stored)| {
             let online = is_online(&hb, now);
+            let offset =
+                stored.and_then(|s| tap_moment::clock_sample(&hb, tap_moment::nanos_of(s)));
             DeviceStatus {
                 id: hb.name.clone(),
                 instance: hb.instance.clone(),
@@ -164,6 +180,8 @@ pub fn assemble(
                 taps: hb.handled,
                 nats_connected: hb.nats_connected,
                 last_error: hb.last_error.clone(),
+                clock_offset_ms: offset.map(|o| (o as f64 / 1e6).round() as i64),
+                clock_trusted: offset.is_some_and(tap_moment::is_trusted),
             }
         })
         .collect();
@@ -205,7 +223,7 @@ pub async fn gather(
 
 async fn last_heartbeats(
     js: &jetstream::Context,
-) -> Result<Vec<v1::Heartbeat>, tagpoll_bus::BusError> {
+) -> Result<Vec<StoredHeartbeat>, tagpoll_bus::BusError> {
     let stream = js
         .get_stream(names::STREAM_HEARTBEATS)
         .await
@@ -236,9 +254,12 @@ async fn last_heartbeats(
     while let Ok(Some(Ok(msg))) =
         tokio::time::timeout(Duration::from_secs(2), messages.next()).await
     {
-        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+        let (pending, stored) = msg
+            .info()
+            .map(|i| (i.pending, Some(SystemTime::from(i.published))))
+            .unwrap_or((0, None));
         if let Ok(hb) = v1::Heartbeat::decode(msg.payload.as_ref()) {
-            out.push(hb);
+            out.push((hb, stored));
         }
         if pending == 0 {
             break;
@@ -270,6 +291,24 @@ async fn ask_services(client: &async_nats::Client, wait: Duration) -> Vec<v1::He
     out
 }
 
+/// A device's clock as the status line shows it.
+fn clock(d: &DeviceStatus) -> String {
+    const FALLBACK: &str = "spooled taps count at arrival";
+    match d.clock_offset_ms {
+        None => format!("clock unknown: {FALLBACK}"),
+        Some(ms) if d.clock_trusted => format!("clock {:+.2} s", ms as f64 / 1000.0),
+        Some(ms) => {
+            let off = (ms as f64 / 1000.0).abs();
+            let off = if off >= 10.0 {
+                format!("{off:.0}")
+            } else {
+                format!("{off:.1}")
+            };
+            format!("clock off by {off} s: {FALLBACK}")
+        }
+    }
+}
+
 /// The human-readable view.
 pub fn render(s: &Status) -> String {
     let mut out = String::from("SERVICES\n");
@@ -289,13 +328,14 @@ pub fn render(s: &Status) -> String {
     }
     for d in &s.devices {
         out.push_str(&format!(
-            "  {:<16} {:<8} seen {:>4}s ago  taps {:>6}  spool {:>5}  frame errors {:>4}{}\n",
+            "  {:<16} {:<8} seen {:>4}s ago  taps {:>6}  spool {:>5}  frame errors {:>4}  {}{}\n",
             d.id,
             d.state,
             d.last_seen_secs,
             d.taps,
             d.spool_depth,
             d.frame_errors,
+            clock(d),
             if d.last_error.is_empty() {
                 String::new()
             } else {
@@ -345,7 +385,10 @@ mod tests {
                 hb("service", "tally", "a", 1, now),
                 hb("service", "tally", "dead", 60, now),
                 hb("service", "tally", "ancient", 3600, now),
-            ],
+            ]
+            .into_iter()
+            .map(|h| (h, None))
+            .collect(),
             vec![],
             vec![],
             now,
@@ -369,5 +412,56 @@ mod tests {
         assert_eq!(json["devices"][0]["state"], "offline");
         assert!(json["devices"][0]["readers"].is_array());
         assert_eq!(json["services"][0]["name"], "tally");
+    }
+
+    #[test]
+    fn each_device_shows_its_clock_from_its_last_heartbeat() {
+        let now = SystemTime::now();
+        let stored = |mut h: v1::Heartbeat, connected: bool, stored_after_ms: u64| {
+            h.nats_connected = connected;
+            let sent = tagpoll_proto::to_system_time(h.sent_at.as_ref()).unwrap();
+            (h, Some(sent + Duration::from_millis(stored_after_ms)))
+        };
+        let s = assemble(
+            vec![
+                stored(hb("device", "good", "i", 1, now), true, 40),
+                stored(hb("device", "slow", "i", 1, now), true, 35_000),
+                // Sent while offline, flushed later: says nothing about the clock.
+                stored(hb("device", "flushed", "i", 1, now), false, 90_000),
+                (hb("device", "unstored", "i", 1, now), None),
+            ],
+            vec![],
+            vec![],
+            now,
+        );
+        let clocks: Vec<_> = s
+            .devices
+            .iter()
+            .map(|d| (d.id.as_str(), d.clock_offset_ms, d.clock_trusted))
+            .collect();
+        assert_eq!(
+            clocks,
+            [
+                ("flushed", None, false),
+                ("good", Some(40), true),
+                ("slow", Some(35_000), false),
+                ("unstored", None, false),
+            ]
+        );
+        let text = render(&s);
+        assert!(text.contains("clock +0.04 s"), "{text}");
+        assert!(
+            text.contains("clock off by 35 s: spooled taps count at arrival"),
+            "{text}"
+        );
+        assert!(
+            text.contains("clock unknown: spooled taps count at arrival"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["devices"][1]["clock_offset_ms"], 40);
+        assert_eq!(json["devices"][1]["clock_trusted"], true);
+        assert!(json["devices"][0]["clock_offset_ms"].is_null());
+        assert_eq!(json["devices"][2]["clock_trusted"], false);
     }
 }
