@@ -177,7 +177,7 @@ fn settle_kind(out: &mut v1::VoteOutcome, poll: &v1::PollDefinition, choices: &[
         .unwrap_or(&out.answer_id);
     let max = rules.max_choices.max(1);
     out.message = match kind {
-        OutcomeKind::Duplicate if choices.iter().any(|c| *c == out.answer_id) => {
+        OutcomeKind::Duplicate if choices.contains(&out.answer_id) => {
             format!("You already voted {label}.")
         }
         OutcomeKind::Duplicate => "You already voted in this poll.".into(),
