@@ -144,10 +144,7 @@ async fn spooled_taps_count_at_their_device_time_when_the_clock_is_trusted() {
         (-0.05..1.0).contains(&corrected_by),
         "moved by {corrected_by} s\n{all}"
     );
-    assert!(
-        secs(time!(a.stored_at), time!(a.tapped_at)) > 50.0,
-        "{all}"
-    );
+    assert!(secs(time!(a.stored_at), time!(a.tapped_at)) > 50.0, "{all}");
 
     // A prompt tap: the stored time.
     let p = &got["a-prompt"];
@@ -181,9 +178,19 @@ async fn spooled_taps_count_at_their_device_time_when_the_clock_is_trusted() {
         assert!(time!(r.tapped_at) <= time!(r.stored_at), "{all}");
     }
 
+    // The identity heartbeat counts them (and so /metrics).
+    wait_identity_heartbeat(&client, Duration::from_secs(20), |hb| {
+        hb.counters.get("held") == Some(&2) && hb.counters.get("clock_untrusted") == Some(&2)
+    })
+    .await;
+
     // `tagpoll status` shows each box's clock and whether its spooled taps use it.
     let out = bus.cli(&["status", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let device = |id: &str| {
         status["devices"]
