@@ -133,6 +133,9 @@ async fn follow_once(
     };
     let consumer = match stream
         .create_consumer(consumer::pull::OrderedConfig {
+            // Named, so every create request carries the filter in its subject and the
+            // identity role may be allowed to create device-heartbeat consumers only.
+            name: Some(format!("identity-clocks-{:016x}", rand::random::<u64>())),
             deliver_policy: consumer::DeliverPolicy::LastPerSubject,
             filter_subject: subjects::HEARTBEAT_DEVICES.to_string(),
             ..Default::default()
