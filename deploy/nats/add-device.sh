@@ -92,7 +92,7 @@ trap 'rm -f "$block" "$block.new"' EXIT
     echo "  # >>> device $device"
     echo "  {user: \"$user\", password: \"$hash\", permissions: {"
     echo "    publish: { allow: ["
-    for s in TAGPOLL_READS TAGPOLL_IDENTIFIED TAGPOLL_VOTES TAGPOLL_HEARTBEATS KV_tagpoll_config KV_tagpoll_results; do
+    for s in TAGPOLL_READS TAGPOLL_IDENTIFIED TAGPOLL_VOTES TAGPOLL_HEARTBEATS TAGPOLL_CONFIG_HISTORY KV_tagpoll_config KV_tagpoll_results; do
         echo "      \"\$JS.API.STREAM.INFO.$s\""
     done
     echo "      \"tagpoll.reads.$device.>\""

@@ -106,6 +106,9 @@ pub struct ChaosReport {
     pub counted_votes: u64,
     pub lost: u64,
     pub doubled: u64,
+    /// Outcomes that correct an earlier decision of the same read (a late
+    /// earlier tap of the same voter): part of `outcomes_stored`.
+    pub corrections: u64,
     pub counts_match: bool,
     pub faults: Vec<String>,
     /// Lookups the fake anyMeta answered (tags seen for the first time, and
@@ -153,10 +156,44 @@ max_choices = 3
 allow_anonymous = true
 answers = [{ id = "x", label = "X" }, { id = "y", label = "Y" }, { id = "z", label = "Z" }]
 
+[[polls]]
+id = "one"
+question = "First vote stands"
+mode = "first"
+allow_anonymous = true
+answers = [{ id = "a", label = "A" }, { id = "b", label = "B" }]
+
+[[polls]]
+id = "swap"
+question = "Last vote counts"
+mode = "change"
+allow_anonymous = true
+answers = [{ id = "a", label = "A" }, { id = "b", label = "B" }]
+
 [[readers]]
 id = "ra"
 poll = "pick2"
 answer = "a"
+
+[[readers]]
+id = "r1a"
+poll = "one"
+answer = "a"
+
+[[readers]]
+id = "r1b"
+poll = "one"
+answer = "b"
+
+[[readers]]
+id = "rsa"
+poll = "swap"
+answer = "a"
+
+[[readers]]
+id = "rsb"
+poll = "swap"
+answer = "b"
 
 [[readers]]
 id = "rb"
@@ -264,7 +301,7 @@ pub async fn run(
     };
     let url = server.url();
     let event = crate::event::parse(EVENT).map_err(err)?;
-    {
+    let config_kv = {
         let client = async_nats::connect(url.split(',').collect::<Vec<_>>())
             .await
             .map_err(err)?;
@@ -285,7 +322,8 @@ pub async fn run(
         tagpoll_bus::store::load(&buckets.config, &event)
             .await
             .map_err(err)?;
-    }
+        buckets.config
+    };
     let readers: Vec<String> = {
         let mut r: Vec<String> = event.readers.iter().map(|r| r.reader_id.clone()).collect();
         r.sort();
@@ -409,6 +447,11 @@ pub async fn run(
         let fault = format!("{fault} at {:.1}s", at.as_secs_f64());
         say(&fault);
         faults.push(fault);
+        // And the evening moves on meanwhile: readers remapped between
+        // polls, polls closed and opened again.
+        let change = reconfigure(&config_kv, k).await?;
+        say(&change);
+        faults.push(change);
     }
 
     say("waiting for every tap to be decided");
@@ -450,6 +493,132 @@ pub async fn run(
         keep_logs(dir.path(), &mut say);
     }
     Ok(report)
+}
+
+/// The `k`-th live change of the evening, made while taps go on (and while
+/// services are down): the reference decides every tap against the
+/// configuration in force at its tap moment, so these must not move a vote.
+async fn reconfigure(
+    config: &async_nats::jetstream::kv::Store,
+    k: usize,
+) -> Result<String, ChaosError> {
+    use tagpoll_bus::store;
+    let set_state = |state: v1::PollState| {
+        move |p: &mut v1::PollDefinition| {
+            p.state = state as i32;
+            if let Some(r) = p.rules.as_mut() {
+                r.opens_at = None;
+                r.closes_at = None;
+            }
+        }
+    };
+    let what = match k % 4 {
+        0 => {
+            store::map_reader(config, "ra", "one", "b")
+                .await
+                .map_err(err)?;
+            "remapped ra to one/b"
+        }
+        1 => {
+            store::update_poll(config, "swap", set_state(v1::PollState::Closed))
+                .await
+                .map_err(err)?;
+            "closed swap"
+        }
+        2 => {
+            store::map_reader(config, "ra", "pick2", "a")
+                .await
+                .map_err(err)?;
+            store::map_reader(config, "r1b", "swap", "b")
+                .await
+                .map_err(err)?;
+            "remapped ra back to pick2/a and r1b to swap/b"
+        }
+        _ => {
+            store::update_poll(config, "swap", set_state(v1::PollState::Open))
+                .await
+                .map_err(err)?;
+            store::map_reader(config, "r1b", "one", "b")
+                .await
+                .map_err(err)?;
+            "opened swap again and remapped r1b back to one/b"
+        }
+    };
+    Ok(what.to_string())
+}
+
+/// A config change as the tally sees it: key, value (None: removed), and
+/// when the server stored it.
+struct ConfigChange {
+    at: std::time::SystemTime,
+    key: String,
+    value: Option<Vec<u8>>,
+}
+
+/// Every change in TAGPOLL_CONFIG_HISTORY, in order.
+async fn config_changes(js: &jetstream::Context) -> Result<Vec<ConfigChange>, ChaosError> {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+    let mut stream = js
+        .get_stream(names::STREAM_CONFIG_HISTORY)
+        .await
+        .map_err(err)?;
+    let last = stream.info().await.map_err(err)?.state.last_sequence;
+    let mut out = Vec::new();
+    if last == 0 {
+        return Ok(out);
+    }
+    let mut messages = stream
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await
+        .map_err(err)?
+        .messages()
+        .await
+        .map_err(err)?;
+    let prefix = format!("$KV.{}.", names::KV_CONFIG);
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(err)?;
+        let info = msg.info().map_err(err)?;
+        let (seq, at) = (
+            info.stream_sequence,
+            std::time::SystemTime::from(info.published),
+        );
+        let removed = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+        out.push(ConfigChange {
+            at,
+            key: msg
+                .subject
+                .strip_prefix(prefix.as_str())
+                .unwrap_or(&msg.subject)
+                .to_string(),
+            value: (!removed).then(|| msg.payload.to_vec()),
+        });
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Each read's tap moment, from TAGPOLL_IDENTIFIED (identity's word).
+async fn tap_moments(
+    js: &jetstream::Context,
+) -> Result<HashMap<String, std::time::SystemTime>, ChaosError> {
+    let mut moments = HashMap::new();
+    tagpoll_bus::replay::replay(js, names::STREAM_IDENTIFIED, None, |_, subject, payload| {
+        if let Ok(r) = tagpoll_bus::decode::<v1::IdentifiedRead>(subject, payload)
+            && let Some(t) = tagpoll_proto::to_system_time(r.tapped_at.as_ref())
+        {
+            moments.entry(r.read_id).or_insert(t);
+        }
+    })
+    .await
+    .map_err(err)?;
+    Ok(moments)
 }
 
 fn keep_logs(dir: &Path, say: &mut impl FnMut(&str)) {
@@ -509,10 +678,17 @@ async fn verdict(
     })
     .await
     .map_err(err)?;
+    // A read's first outcome; corrections (a later tap decided again after
+    // a late earlier one) are the same read's decision, not a double.
     let mut outcomes: HashMap<String, u32> = HashMap::new();
+    let mut corrections = 0u64;
     tagpoll_bus::replay::replay(js, names::STREAM_VOTES, None, |_, subject, payload| {
         if let Ok(o) = tagpoll_bus::decode::<v1::VoteOutcome>(subject, payload) {
-            *outcomes.entry(o.read_id).or_default() += 1;
+            if o.correction {
+                corrections += 1;
+            } else {
+                *outcomes.entry(o.read_id).or_default() += 1;
+            }
         }
     })
     .await
@@ -537,29 +713,43 @@ async fn verdict(
             Some(k) => doubled += u64::from(k.saturating_sub(1)),
         }
     }
-    // The reference: what was planned (and stored), counted plainly.
+    // The reference: what was planned (and stored), counted plainly, in
+    // the order the taps were made (their tap moments, from identity),
+    // with every config change applied at the moment the server stored it.
     let mut model = Model::default();
     for p in &event.polls {
-        model.open.insert(p.poll_id.clone(), true);
+        let rules = p.rules.unwrap_or_default();
         model.rules.insert(
             p.poll_id.clone(),
             ModelRules {
-                change: false,
-                max: p.answers.len(),
-                anon: true,
+                change: rules.mode() == v1::VoteMode::LastCounts,
+                max: rules.max_choices.max(1) as usize,
+                anon: rules.allow_anonymous,
             },
         );
     }
-    for r in &event.readers {
-        model.map.insert(
-            r.reader_id.clone(),
-            (r.poll_id.clone(), r.answer_id.clone()),
-        );
+    let moments = tap_moments(js).await?;
+    let changes = config_changes(js).await?;
+    enum Step<'a> {
+        Config(&'a ConfigChange),
+        Tap(&'a String, &'a Planned),
     }
-    let mut planned_order: Vec<(&String, &Planned)> = planned.iter().collect();
-    planned_order.sort_by(|a, b| a.0.cmp(b.0));
-    for (id, p) in planned_order {
-        model.tap(id, &p.reader, Some(&voter_of(owners, &p.uid)));
+    let mut timeline: Vec<(std::time::SystemTime, u8, String, Step)> = Vec::new();
+    for c in &changes {
+        // A change stored at a tap's moment is in force for it.
+        timeline.push((c.at, 0, String::new(), Step::Config(c)));
+    }
+    for (id, p) in planned {
+        if let Some(t) = moments.get(id) {
+            timeline.push((*t, 1, id.clone(), Step::Tap(id, p)));
+        }
+    }
+    timeline.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+    for (_, _, _, step) in &timeline {
+        match step {
+            Step::Config(c) => apply_to_model(&mut model, c),
+            Step::Tap(id, p) => model.tap(id, &p.reader, Some(&voter_of(owners, &p.uid))),
+        }
     }
     let kv = js.get_key_value(names::KV_RESULTS).await.map_err(err)?;
     let mut counts_match = true;
@@ -593,7 +783,8 @@ async fn verdict(
         taps,
         devices: opts.devices,
         reads_stored: stored_reads.values().map(|n| u64::from(*n)).sum(),
-        outcomes_stored: outcomes.values().map(|n| u64::from(*n)).sum(),
+        outcomes_stored: outcomes.values().map(|n| u64::from(*n)).sum::<u64>() + corrections,
+        corrections,
         expected_votes,
         counted_votes,
         lost,
@@ -606,6 +797,33 @@ async fn verdict(
     })
 }
 
+/// A config change as the plain model knows it: poll open or not, reader
+/// mappings.
+fn apply_to_model(model: &mut Model, c: &ConfigChange) {
+    use prost::Message as _;
+    if let Some(id) = c.key.strip_prefix(names::config_keys::POLL_PREFIX) {
+        let open = c
+            .value
+            .as_deref()
+            .and_then(|v| v1::PollDefinition::decode(v).ok())
+            .is_some_and(|p| p.state() == v1::PollState::Open);
+        model.open.insert(id.to_string(), open);
+    } else if let Some(id) = c.key.strip_prefix(names::config_keys::READER_PREFIX) {
+        match c
+            .value
+            .as_deref()
+            .and_then(|v| v1::ReaderMapping::decode(v).ok())
+        {
+            Some(m) => {
+                model.map.insert(id.to_string(), (m.poll_id, m.answer_id));
+            }
+            None => {
+                model.map.remove(id);
+            }
+        }
+    }
+}
+
 /// A human summary.
 pub fn render(r: &ChaosReport) -> String {
     let mut out = String::new();
@@ -616,6 +834,7 @@ pub fn render(r: &ChaosReport) -> String {
     out.push_str(&format!("votes counted   {}\n", r.counted_votes));
     out.push_str(&format!("lost            {}\n", r.lost));
     out.push_str(&format!("doubled         {}\n", r.doubled));
+    out.push_str(&format!("corrections     {}\n", r.corrections));
     out.push_str(&format!("counts match    {}\n", r.counts_match));
     out.push_str(&format!("anyMeta answers {}\n", r.anymeta_answers));
     out.push_str("faults:\n");
