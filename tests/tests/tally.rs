@@ -474,43 +474,13 @@ async fn counts_stay_exact_when_the_tally_is_killed_during_5000_taps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tally_partitions_share_an_event_without_sharing_a_poll() {
-    use tagpoll_tally::partition::Partition;
-    let (p0, p1) = (
-        Partition { index: 0, count: 2 },
-        Partition { index: 1, count: 2 },
-    );
-    // Poll ids with one owner each.
-    let mine = |p: Partition| {
-        (0..100)
-            .map(|i| format!("poll{i}"))
-            .find(|id| p.owns(id))
-            .unwrap()
-    };
-    let (poll_a, poll_b) = (mine(p0), mine(p1));
-    let event = format!(
-        r#"
-[event]
-id = "parts"
-identity = ["anonymous"]
-[[polls]]
-id = "{poll_a}"
-question = "A?"
-allow_anonymous = true
-answers = [{{ id = "y", label = "Y" }}]
-[[polls]]
-id = "{poll_b}"
-question = "B?"
-allow_anonymous = true
-answers = [{{ id = "y", label = "Y" }}]
-[[readers]]
-id = "ra"
-poll = "{poll_a}"
-answer = "y"
-[[readers]]
-id = "rb"
-poll = "{poll_b}"
-answer = "y"
-"#
+    let (poll_a, poll_b) = polls_of_two_partitions();
+    let event = two_poll_event(
+        "parts",
+        "first",
+        &poll_a,
+        &poll_b,
+        &[("ra", &poll_a), ("rb", &poll_b)],
     );
     let bus = TestBus::start();
     ok(&bus.cli(&["load", &write_file(&bus, "event.toml", &event)]));
@@ -888,38 +858,8 @@ async fn an_earlier_tap_arriving_late_is_counted_first_and_corrects_the_later_on
 /// both), each for the poll its reader stood for at the tap moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remaps_between_partitions_neither_drop_nor_double_a_read() {
-    use tagpoll_tally::partition::Partition;
-    let owner = |i: u32| Partition { index: i, count: 2 };
-    let mine = |p: Partition| {
-        (0..100)
-            .map(|i| format!("poll{i}"))
-            .find(|id| p.owns(id))
-            .unwrap()
-    };
-    let (poll_a, poll_b) = (mine(owner(0)), mine(owner(1)));
-    let event = format!(
-        r#"
-[event]
-id = "moving"
-identity = ["anonymous"]
-[[polls]]
-id = "{poll_a}"
-question = "A?"
-allow_anonymous = true
-mode = "change"
-answers = [{{ id = "y", label = "Y" }}]
-[[polls]]
-id = "{poll_b}"
-question = "B?"
-allow_anonymous = true
-mode = "change"
-answers = [{{ id = "y", label = "Y" }}]
-[[readers]]
-id = "ra"
-poll = "{poll_a}"
-answer = "y"
-"#
-    );
+    let (poll_a, poll_b) = polls_of_two_partitions();
+    let event = two_poll_event("moving", "change", &poll_a, &poll_b, &[("ra", &poll_a)]);
     let bus = TestBus::start();
     ok(&bus.cli(&["load", &write_file(&bus, "event.toml", &event)]));
     let _identity = bus.service("tagpoll-identity", &[], &[]);
@@ -990,4 +930,33 @@ answer = "y"
             "{out}"
         );
     }
+}
+
+/// Two poll ids, the first owned by tally partition 0/2, the second by 1/2.
+fn polls_of_two_partitions() -> (String, String) {
+    use tagpoll_tally::partition::Partition;
+    let owned_by = |index| {
+        let p = Partition { index, count: 2 };
+        (0..100)
+            .map(|i| format!("poll{i}"))
+            .find(|id| p.owns(id))
+            .expect("a poll id for each partition")
+    };
+    (owned_by(0), owned_by(1))
+}
+
+/// An event with polls `a` and `b` (one answer `y`, anonymous voters,
+/// `mode`) and `readers` as (reader, poll) pairs.
+fn two_poll_event(id: &str, mode: &str, a: &str, b: &str, readers: &[(&str, &str)]) -> String {
+    let mut event = format!("[event]\nid = \"{id}\"\nidentity = [\"anonymous\"]\n");
+    for (poll, question) in [(a, "A?"), (b, "B?")] {
+        event += &format!(
+            "[[polls]]\nid = \"{poll}\"\nquestion = \"{question}\"\nallow_anonymous = true\n\
+             mode = \"{mode}\"\nanswers = [{{ id = \"y\", label = \"Y\" }}]\n"
+        );
+    }
+    for (reader, poll) in readers {
+        event += &format!("[[readers]]\nid = \"{reader}\"\npoll = \"{poll}\"\nanswer = \"y\"\n");
+    }
+    event
 }

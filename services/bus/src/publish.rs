@@ -16,13 +16,7 @@ pub async fn send_for_read(
     read_id: &str,
     payload: Bytes,
 ) -> Result<PublishAckFuture, BusError> {
-    let msg = PublishMessage::build()
-        .payload(payload)
-        .message_id(read_id)
-        .header(names::HEADER_READ_ID, read_id);
-    js.send_publish(subject.clone(), msg)
-        .await
-        .map_err(|e| BusError::js(format!("publish to {subject}"), e))
+    send_with_id(js, subject, read_id, read_id, payload).await
 }
 
 /// Like [`send_for_read`] with another `Nats-Msg-Id` than the read id: a
