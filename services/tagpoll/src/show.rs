@@ -66,6 +66,10 @@ pub fn outcome_line(o: &v1::VoteOutcome) -> String {
     if !o.voter_id.is_empty() {
         line.push_str(&format!(" voter={}", o.voter_id));
     }
+    if o.correction {
+        // Re-decided because an earlier tap of the same voter came in late.
+        line.push_str(&format!(" correction-by={}", o.corrected_by));
+    }
     line.push_str(&format!(" read={} \"{}\"", o.read_id, o.message));
     line
 }
