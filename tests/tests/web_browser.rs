@@ -449,6 +449,44 @@ async fn pages_update_live_answer_the_voter_and_guard_admin() {
         json!("Hi, Alice — you already voted"),
     )
     .await;
+    assert_eq!(
+        b.js("return document.getElementById('outcome').dataset.late")
+            .await,
+        json!("0"),
+        "a tap decided at once is the current tap"
+    );
+    // A tap decided long after it was made (a box that was offline): the
+    // kiosk says it is a late result, so the person at the reader now does
+    // not take it for theirs.
+    let late = v1::ReaderFeedback {
+        outcome: Some(v1::VoteOutcome {
+            read_id: "a-late".into(),
+            device_id: "dev-a".into(),
+            reader_id: "yes".into(),
+            poll_id: "p1".into(),
+            answer_id: "yes".into(),
+            kind: v1::OutcomeKind::Accepted as i32,
+            tapped_at: Some(tagpoll_proto::timestamp(
+                std::time::SystemTime::now() - Duration::from_secs(90),
+            )),
+            ..Default::default()
+        }),
+        display_name: "Alice".into(),
+    };
+    js.client()
+        .publish(
+            subjects::feedback("dev-a", "yes"),
+            prost::Message::encode_to_vec(&late).into(),
+        )
+        .await
+        .expect("publish feedback");
+    b.wait_for(
+        "the late result at the kiosk",
+        "const o = document.getElementById('outcome'); return !o.hidden && o.dataset.readId === 'a-late' ? [o.dataset.late, document.getElementById('late').textContent.startsWith('Late result · tap at')] : null",
+        json!(["1", true]),
+    )
+    .await;
+    b.screenshot("kiosk-late-result").await;
 
     // An unknown tag where anonymous votes are not allowed gets the hint.
     b.goto(&format!("{site}/kiosk/blue")).await;
