@@ -193,9 +193,14 @@ impl Ballots {
         let Some(i) = casts.iter().position(|c| c.read_id == outcome.read_id) else {
             return false;
         };
-        let mut new = cast_of(outcome);
-        // A correction decides the same tap again: where and when stay.
-        new.identified_seq = casts[i].identified_seq;
+        // A correction decides the same tap again: only the decision
+        // changes; where, when and its place in the sequence stay.
+        let new = Cast {
+            kind: outcome.kind(),
+            previous_answer_id: outcome.previous_answer_id.clone(),
+            too_many: outcome.reject_reason() == RejectReason::TooManyChoices,
+            ..casts[i].clone()
+        };
         let old = std::mem::replace(&mut casts[i], new.clone());
         if old == new {
             return false;

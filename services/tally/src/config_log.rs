@@ -103,15 +103,19 @@ async fn barrier(
     mut delivered: watch::Receiver<u64>,
 ) -> Result<(), BusError> {
     let name = bucket_stream();
-    let last = js
-        .get_stream(&name)
-        .await
-        .map_err(|e| BusError::js(format!("looking up {name}"), e))?
-        .info()
-        .await
-        .map_err(|e| BusError::js(format!("info of {name}"), e))?
-        .state
-        .last_sequence;
+    // One request: looking a stream up returns its info. Asked again once
+    // on failure, so one slow answer does not cost the tally a rebuild.
+    let mut tries = 0;
+    let last = loop {
+        match js.get_stream(&name).await {
+            Ok(s) => break s.cached_info().state.last_sequence,
+            Err(e) if tries == 0 => {
+                tracing::debug!(error = %e, "config barrier: asking again");
+                tries += 1;
+            }
+            Err(e) => return Err(BusError::js(format!("looking up {name}"), e)),
+        }
+    };
     tokio::time::timeout(BARRIER_PATIENCE, delivered.wait_for(|d| *d >= last))
         .await
         .map_err(|_| {

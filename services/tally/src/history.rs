@@ -60,7 +60,8 @@ pub struct ConfigHistory {
     current: Arc<EventConfig>,
     snapshots: HashMap<usize, Arc<EventConfig>>,
     /// Changes before the first kept one were dropped (by age or by the
-    /// bucket's history limit): from the mirror's first sequence.
+    /// bucket's history limit): the time of the mirror's first kept change,
+    /// from which on every change is kept.
     complete_since: Option<SystemTime>,
 }
 
@@ -93,9 +94,15 @@ impl ConfigHistory {
 
     /// Adds one change; a sequence already known is ignored (the mirror and
     /// the bucket's stream overlap). Returns whether it was new.
-    pub fn insert(&mut self, change: Change) -> bool {
+    pub fn insert(&mut self, mut change: Change) -> bool {
         if !is_decision_key(&change.key) {
             return false;
+        }
+        // Server times rise with the sequence, but a server clock stepping
+        // back (or a new cluster leader) must not unsort them: as_of
+        // searches by time.
+        if let Some(before) = self.changes.iter().rev().find(|c| c.seq < change.seq) {
+            change.at = change.at.max(before.at);
         }
         let at = self.changes.partition_point(|c| c.seq < change.seq);
         if self.changes.get(at).is_some_and(|c| c.seq == change.seq) {
@@ -107,6 +114,10 @@ impl ConfigHistory {
                 change.value.as_deref(),
                 change.seq,
             );
+            if self.complete_since.is_some() {
+                // The oldest-kept-state overlay may have gained a key.
+                self.snapshots.clear();
+            }
             self.changes.push(change);
         } else {
             // An older change (the bucket's stream delivering what the
@@ -136,7 +147,9 @@ impl ConfigHistory {
                 before_history,
             };
         }
-        let overlay = self.complete_since.is_some();
+        // Only a moment before the kept history needs the oldest kept
+        // state; inside it, the changes up to the moment are all there.
+        let overlay = before_history;
         // Keys 0..: prefix snapshots, offset by one bit for the overlay.
         let cache_key = prefix * 2 + usize::from(overlay);
         if let Some(c) = self.snapshots.get(&cache_key) {
@@ -261,6 +274,22 @@ mod tests {
         let inside = h.as_of(t(75));
         assert!(!inside.before_history);
         assert_eq!(inside.config.readers["r"].answer_id, "b");
+        // A reader first mapped inside the kept history was not mapped
+        // before that, even though older history is gone.
+        h.insert(map(9, 90, "new", "p", "a"));
+        assert_eq!(answer_at(&mut h, 85, "new"), None);
+        assert_eq!(answer_at(&mut h, 90, "new").as_deref(), Some("a"));
+        // ...and the oldest kept state now knows it (the cache was cleared).
+        assert_eq!(answer_at(&mut h, 10, "new").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_server_clock_stepping_back_keeps_the_history_in_order() {
+        let mut h = ConfigHistory::default();
+        h.insert(map(1, 50, "r", "p", "a"));
+        h.insert(map(2, 40, "r", "p", "b"));
+        assert_eq!(answer_at(&mut h, 45, "r"), None);
+        assert_eq!(answer_at(&mut h, 50, "r").as_deref(), Some("b"));
     }
 
     #[test]

@@ -264,7 +264,10 @@ pub fn place(
 
 /// Decides `read` at tap moment `moment` against `config` and the voter's
 /// taps so far, as if it had arrived in moment order: the outcome, plus
-/// corrections of later taps it changes.
+/// corrections of later taps it changes. Later taps are judged by
+/// `config`'s rules too: for a configuration that does not change (tests);
+/// the service uses [`classify`] and [`place`] with the rules in force at
+/// each tap's moment.
 pub fn decide(
     config: &EventConfig,
     ballots: &Ballots,

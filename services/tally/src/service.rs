@@ -124,6 +124,15 @@ impl ResumePoint {
     }
 }
 
+/// Whether a stored outcome counts for this partition's [`ResumePoint`].
+/// Corrections do not: they are stored only with nothing else in flight
+/// (and before their late read's own outcome), so they take no part in
+/// the pipeline window the resume point covers. Counting them could move
+/// the resume point past a late read whose own outcome failed.
+pub fn marks_resume(partition: Partition, o: &v1::VoteOutcome) -> bool {
+    partition.owns(&o.poll_id) && !o.correction
+}
+
 /// Replays the vote stream into fresh counts; `window` is the most outcomes
 /// the partition keeps awaiting acks ([`TallyOptions::max_in_flight`]).
 pub async fn rebuild(
@@ -140,7 +149,7 @@ pub async fn rebuild(
     tagpoll_bus::replay::replay(js, names::STREAM_VOTES, None, |seq, subject, payload| {
         match tagpoll_bus::decode::<v1::VoteOutcome>(subject, payload) {
             Ok(o) => {
-                if partition.owns(&o.poll_id) {
+                if marks_resume(partition, &o) {
                     resume.observe(o.identified_seq);
                 }
                 r.ballots.apply(&o, seq);
@@ -176,7 +185,16 @@ pub async fn run(
         dirty: Mutex::new(BTreeSet::new()),
         wake: Notify::new(),
     });
-    let log = ConfigLog::start(&js).await?;
+    let log = loop {
+        match ConfigLog::start(&js).await {
+            Ok(log) => break log,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the config history yet; retrying");
+                stats.error(&e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     let watcher = tokio::spawn(mark_config_changes(
         config.clone(),
         shared.clone(),
@@ -255,62 +273,6 @@ struct Waiting {
     moment: SystemTime,
 }
 
-/// A lower bound of the server's clock, from ours: every message's stored
-/// time is at most our clock at its arrival minus the clocks' offset, so the
-/// smallest `arrival - stored` seen bounds the offset (transit only adds).
-#[derive(Default)]
-struct ServerClock {
-    /// Smallest `arrival - stored` (ns) in this and the previous period.
-    current: Option<i128>,
-    previous: Option<i128>,
-    since: Option<std::time::Instant>,
-}
-
-/// How long one period of [`ServerClock`] lasts (a drifting clock is
-/// forgotten after two).
-const CLOCK_PERIOD: Duration = Duration::from_secs(30);
-
-fn nanos(t: SystemTime) -> i128 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    }
-}
-
-fn from_nanos(n: i128) -> SystemTime {
-    let d = Duration::from_nanos(n.unsigned_abs().min(u64::MAX as u128) as u64);
-    if n >= 0 {
-        SystemTime::UNIX_EPOCH + d
-    } else {
-        SystemTime::UNIX_EPOCH - d
-    }
-}
-
-impl ServerClock {
-    fn observe(&mut self, stored: SystemTime, arrived: SystemTime) {
-        let now = std::time::Instant::now();
-        if self
-            .since
-            .is_none_or(|s| now.duration_since(s) > CLOCK_PERIOD)
-        {
-            self.previous = self.current.take();
-            self.since = Some(now);
-        }
-        let d = nanos(arrived) - nanos(stored);
-        self.current = Some(self.current.map_or(d, |c| c.min(d)));
-    }
-
-    /// The server's time when ours reads `local`, or earlier.
-    fn at_most(&self, local: SystemTime) -> SystemTime {
-        let d = [self.current, self.previous]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(0);
-        from_nanos(nanos(local) - d)
-    }
-}
-
 /// What a pending barrier proves: the history is complete up to this
 /// server time.
 type Barrier = BoxFuture<'static, Result<SystemTime, BusError>>;
@@ -353,7 +315,8 @@ async fn decide_loop(
     // Server time up to which every config change is known.
     let mut complete_until = SystemTime::UNIX_EPOCH;
     let mut barrier: Option<Barrier> = None;
-    let mut clock = ServerClock::default();
+    // The latest time TAGPOLL_IDENTIFIED stored a read we have received.
+    let mut stored_up_to = SystemTime::UNIX_EPOCH;
     loop {
         while waiting.front().is_some_and(|w| w.moment <= complete_until) {
             let Some(w) = waiting.pop_front() else { break };
@@ -364,9 +327,11 @@ async fn decide_loop(
             }
         }
         if !waiting.is_empty() && barrier.is_none() {
-            // Every read waiting arrived before now, so it was stored before
-            // the server's "now", which the barrier's question comes after.
-            let covers = clock.at_most(SystemTime::now());
+            // Every read waiting was stored (server clock) at or before
+            // `stored_up_to`, and its moment is no later than that; the
+            // barrier's question is asked after they arrived, so every config
+            // change stored before them is at or below the sequence it finds.
+            let covers = stored_up_to;
             let log = log.clone();
             barrier = Some(async move { log.barrier().await.map(|()| covers) }.boxed());
         }
@@ -392,7 +357,7 @@ async fn decide_loop(
                         .map_err(|e| BusError::js("identified read metadata", e))?;
                     (info.stream_sequence, info.pending, SystemTime::from(info.published))
                 };
-                clock.observe(stored, SystemTime::now());
+                stored_up_to = stored_up_to.max(stored);
                 stats.lag.store(pending, std::sync::atomic::Ordering::Relaxed);
                 let read: v1::IdentifiedRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
                     Ok(r) => r,
@@ -403,8 +368,18 @@ async fn decide_loop(
                     }
                 };
                 // Reads identified before tap moments existed: the time this
-                // stream stored them (never the device's clock).
-                let moment = tagpoll_proto::to_system_time(read.tapped_at.as_ref()).unwrap_or(stored);
+                // stream stored them (never the device's clock). A moment
+                // after that is impossible (identity bounds it by the time
+                // TAGPOLL_READS stored the read): clamp it, so no read can
+                // wait for a future that the barrier never proves.
+                let moment = match tagpoll_proto::to_system_time(read.tapped_at.as_ref()) {
+                    Some(t) if t > stored => {
+                        stats.count("moment_after_stored");
+                        stored
+                    }
+                    Some(t) => t,
+                    None => stored,
+                };
                 waiting.push_back(Waiting { seq, read, moment });
             }
         }
@@ -423,6 +398,10 @@ async fn decide_one(
     w: Waiting,
 ) -> Result<(), BusError> {
     let span = tracing::info_span!("tally", read_id = %w.read.read_id, reader = %w.read.reader_id);
+    if shared.ballots().is_decided(&w.read.read_id) {
+        tracing::debug!(parent: &span, "already decided");
+        return Ok(());
+    }
     let as_of = log.lock().as_of(w.moment);
     let placement = {
         let ballots = shared.ballots();
@@ -469,7 +448,13 @@ async fn decide_one(
             c.identified_seq = w.seq;
             c.partition = partition.clone();
             shared.ballots().apply(c, 0);
-            let msg_id = format!("{}~{}", c.read_id, c.corrected_by);
+            // The decision is part of the id: the same correction sent again
+            // is stored once, a different one (never expected) is stored
+            // as a newer outcome instead of looking like a conflict.
+            let msg_id = format!(
+                "{}~{}~{}~{}",
+                c.read_id, c.corrected_by, c.kind, c.previous_answer_id
+            );
             let ack = publish::send_with_id(
                 js,
                 subjects::outcome(&c.poll_id, &c.reader_id),
@@ -488,8 +473,9 @@ async fn decide_one(
             settle(js, shared, stats, acked).await?;
         }
     }
-    // Applied now so the next read sees it; stored before it counts
-    // anywhere outside this process (snapshots wait for the ack).
+    // Applied now so the next read sees it. A snapshot taken before its
+    // ack may already include it (as before tap moments); the dirty mark
+    // that triggers one waits for the ack.
     shared.ballots().apply(&outcome, 0);
     if tagpoll_proto::to_system_time(w.read.stored_at.as_ref())
         .and_then(|s| s.duration_since(w.moment).ok())
@@ -618,6 +604,7 @@ fn same_decision(a: &v1::VoteOutcome, b: &v1::VoteOutcome) -> bool {
         a.voter_id.as_str(),
         a.run,
         a.correction,
+        a.reject_reason,
     ) == (
         b.kind,
         b.poll_id.as_str(),
@@ -626,6 +613,7 @@ fn same_decision(a: &v1::VoteOutcome, b: &v1::VoteOutcome) -> bool {
         b.voter_id.as_str(),
         b.run,
         b.correction,
+        b.reject_reason,
     )
 }
 
@@ -695,6 +683,34 @@ async fn publish_snapshots(
 #[cfg(test)]
 mod tests {
     use super::ResumePoint;
+
+    #[test]
+    fn corrections_do_not_move_the_resume_point_past_their_late_read() {
+        use tagpoll_proto::v1;
+        // Window 3: late read 10 stored two corrections, then its own
+        // outcome failed while 11 and 12 were stored.
+        let p = super::Partition::default();
+        let outcome = |seq: u64, correction: bool| v1::VoteOutcome {
+            poll_id: "p".into(),
+            identified_seq: seq,
+            correction,
+            ..Default::default()
+        };
+        let mut r = ResumePoint::new(3);
+        for o in [
+            outcome(7, false),
+            outcome(8, false),
+            outcome(10, true),
+            outcome(10, true),
+            outcome(11, false),
+            outcome(12, false),
+        ] {
+            if super::marks_resume(p, &o) {
+                r.observe(o.identified_seq);
+            }
+        }
+        assert!(r.resume_after() < 10, "resumes after {}", r.resume_after());
+    }
 
     #[test]
     fn resume_point_reaches_below_a_failed_pipelined_outcome() {

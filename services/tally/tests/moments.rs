@@ -2,7 +2,8 @@
 //! (late, re-delivered), against a configuration that changes over time
 //! (opens, closes, remaps, opening windows, resets), give the counts of the
 //! plain reference model that sees everything in the order it happened.
-//! The vote log they produce (corrections included) recounts the same.
+//! The vote log they produce (corrections included) recounts the same, also
+//! when the tally crashes after storing part of a late tap's corrections.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -157,6 +158,7 @@ proptest! {
         ops in prop::collection::vec(op(), 1..80),
         arrival_keys in prop::collection::vec(0..1000u32, 80),
         redeliver in prop::collection::vec(0..80usize, 0..8),
+        crash_after in prop::collection::vec(0..4usize, 1..6),
     ) {
         let mut history = ConfigHistory::default();
         let mut model = Model::default();
@@ -239,19 +241,37 @@ proptest! {
         let mut ballots = Ballots::default();
         let mut log: Vec<v1::VoteOutcome> = Vec::new();
         let mut decided = 0;
+        let mut crashes = crash_after.iter().copied().cycle();
         for (_, read) in arrivals {
             if ballots.is_decided(&read.read_id) {
                 continue;
             }
             let moment = tagpoll_proto::to_system_time(read.tapped_at.as_ref()).expect("moment");
-            let config = history.as_of(moment).config;
-            let placed = match rules::classify(&config, &read, moment) {
-                rules::Decision::Final(outcome) => rules::Placement { outcome, corrections: vec![] },
-                rules::Decision::Countable(vote) => {
-                    let poll_id = vote.poll.poll_id.clone();
-                    rules::place(&ballots, vote, |m| history.as_of(m).config.polls.get(&poll_id).cloned())
+            let place = |ballots: &Ballots, history: &mut ConfigHistory| {
+                let config = history.as_of(moment).config;
+                match rules::classify(&config, &read, moment) {
+                    rules::Decision::Final(outcome) => rules::Placement { outcome, corrections: vec![] },
+                    rules::Decision::Countable(vote) => {
+                        let poll_id = vote.poll.poll_id.clone();
+                        rules::place(ballots, vote, |m| history.as_of(m).config.polls.get(&poll_id).cloned())
+                    }
                 }
             };
+            let mut placed = place(&ballots, &mut history);
+            // A crash after storing only some of the corrections (and not
+            // the read's own outcome): the restarted tally rebuilds from the
+            // log and decides the read again against what was stored.
+            if !placed.corrections.is_empty()
+                && let Some(stored) = crashes.next().filter(|k| *k < placed.corrections.len())
+            {
+                log.extend(placed.corrections.drain(..).take(stored));
+                ballots = Ballots::default();
+                for (i, o) in log.iter().enumerate() {
+                    ballots.apply(o, i as u64 + 1);
+                }
+                prop_assert!(!ballots.is_decided(&read.read_id));
+                placed = place(&ballots, &mut history);
+            }
             for c in &placed.corrections {
                 prop_assert!(c.correction);
                 prop_assert!(ballots.apply(c, 0), "a correction changes something");
