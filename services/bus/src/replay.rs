@@ -5,6 +5,9 @@ use futures::StreamExt;
 
 use crate::BusError;
 
+/// How long a replay waits for its next message.
+pub const REPLAY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Calls `f(stream_seq, subject, payload)` for every message of `stream`
 /// (optionally only `filter`) stored when the call began, in order.
 /// Returns the last sequence seen (0 for an empty stream).
@@ -47,9 +50,17 @@ where
     // With a filter the last stored message may not match; stop once the
     // consumer has nothing pending instead of waiting for `end`.
     while last < end {
-        let msg = messages
-            .next()
+        // Bounded: a consumer that delivers nothing (a cluster electing a
+        // leader) fails the replay, and its caller retries, instead of
+        // hanging a service silently.
+        let msg = tokio::time::timeout(REPLAY_PATIENCE, messages.next())
             .await
+            .map_err(|_| {
+                BusError::js(
+                    format!("replaying {stream}"),
+                    format!("no message within {} s", REPLAY_PATIENCE.as_secs()),
+                )
+            })?
             .ok_or_else(|| BusError::js(format!("replaying {stream}"), "stream ended early"))?
             .map_err(|e| BusError::js(format!("replaying {stream}"), e))?;
         let info = msg

@@ -121,8 +121,29 @@ pub struct Identity {
     pub options: ServiceOptions,
 }
 
-/// Creates (or finds) the shared durable consumer.
+/// Creates (or finds) the shared durable consumer, asking again for up to
+/// [`tagpoll_bus::topology::ENSURE_PATIENCE`] while JetStream does not
+/// answer (a cluster electing a leader after a node restart): a timeout at
+/// start must not end the service.
 pub async fn consumer(
+    js: &jetstream::Context,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
+    let deadline = tokio::time::Instant::now() + tagpoll_bus::topology::ENSURE_PATIENCE;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match consumer_once(js).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "identity consumer not ready; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn consumer_once(
     js: &jetstream::Context,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
     let stream = js

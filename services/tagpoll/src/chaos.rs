@@ -349,7 +349,12 @@ pub async fn run(
             "TAGPOLL_VOTER_KEY".to_string(),
             "chaos-voter-key-0123456789abcdef".to_string(),
         ),
-        ("RUST_LOG".to_string(), "warn".to_string()),
+        // The services' log filter (`TAGPOLL_CHAOS_LOG`, default warn): the
+        // logs are kept when a run fails.
+        (
+            "RUST_LOG".to_string(),
+            std::env::var("TAGPOLL_CHAOS_LOG").unwrap_or_else(|_| "warn".to_string()),
+        ),
         // Notice an anyMeta outage and its end within a second.
         ("TAGPOLL_ANYMETA_TIMEOUT_MS".to_string(), "1000".to_string()),
         ("TAGPOLL_ANYMETA_RETRIES".to_string(), "1".to_string()),
@@ -449,7 +454,20 @@ pub async fn run(
         faults.push(fault);
         // And the evening moves on meanwhile: readers remapped between
         // polls, polls closed and opened again.
-        let change = reconfigure(&config_kv, k).await?;
+        // An organiser tries again when the admin page says no (a cluster
+        // electing a leader just after a node restart).
+        let mut tries = 0;
+        let change = loop {
+            match reconfigure(&config_kv, k).await {
+                Ok(c) => break c,
+                Err(e) if tries < 30 => {
+                    tries += 1;
+                    say(&format!("config change failed ({e}); trying again"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         say(&change);
         faults.push(change);
     }

@@ -25,6 +25,8 @@ use tagpoll_bus::BusError;
 
 /// How long a barrier may wait for the follower to catch up.
 pub const BARRIER_PATIENCE: Duration = Duration::from_secs(10);
+/// How long reading the mirror at start may wait for its next message.
+pub const READ_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The shared history and how far the follower has read.
 #[derive(Clone)]
@@ -168,7 +170,23 @@ async fn read_mirror(
         .messages()
         .await
         .map_err(|e| BusError::js(format!("reading {name}"), e))?;
-    while let Some(msg) = messages.next().await {
+    loop {
+        // Bounded: a stream whose leader is being elected may deliver
+        // nothing for a while; the caller starts over rather than hang.
+        let next = tokio::time::timeout(READ_PATIENCE, messages.next())
+            .await
+            .map_err(|_| {
+                BusError::js(
+                    format!("reading {name}"),
+                    format!("no message within {} s", READ_PATIENCE.as_secs()),
+                )
+            })?;
+        let Some(msg) = next else {
+            return Err(BusError::js(
+                format!("reading {name}"),
+                "the consumer ended",
+            ));
+        };
         let msg = msg.map_err(|e| BusError::js(format!("reading {name}"), e))?;
         let change = change_of(&msg)?;
         let pending = msg.info().map(|i| i.pending).unwrap_or(0);

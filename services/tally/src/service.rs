@@ -186,7 +186,15 @@ pub async fn run(
         wake: Notify::new(),
     });
     let log = loop {
-        match ConfigLog::start(&js).await {
+        let started = tokio::time::timeout(Duration::from_secs(60), ConfigLog::start(&js))
+            .await
+            .unwrap_or_else(|_| {
+                Err(BusError::js(
+                    "loading the config history",
+                    "not done within 60 s",
+                ))
+            });
+        match started {
             Ok(log) => break log,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot load the config history yet; retrying");
