@@ -29,6 +29,31 @@ impl fmt::Display for IdError {
 
 impl std::error::Error for IdError {}
 
+/// Most bytes a read id may have (a UUIDv7 has 36; `tagpoll tap`'s 52).
+pub const MAX_READ_ID: usize = 128;
+
+/// Checks a read id: 1 to [`MAX_READ_ID`] bytes of visible ASCII. It goes
+/// into NATS headers (`Nats-Msg-Id`, `Tagpoll-Read-Id`), where a `\r` or
+/// `\n` would make the client panic, and into logs: so it is checked where
+/// a read enters, and a read whose id fails can never be processed.
+pub fn check_read_id(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("read id is empty".into());
+    }
+    if s.len() > MAX_READ_ID {
+        return Err(format!(
+            "read id is {} bytes long, at most {MAX_READ_ID} are allowed",
+            s.len()
+        ));
+    }
+    if let Some(b) = s.bytes().find(|b| !(0x21..=0x7e).contains(b)) {
+        return Err(format!(
+            "read id contains byte 0x{b:02x}; only visible ASCII is allowed"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `s` can be used as a poll, answer, reader or device id.
 pub fn check_id(s: &str) -> Result<(), IdError> {
     if s.is_empty() {
@@ -70,6 +95,17 @@ pub fn normalize_uid(s: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_ids_are_visible_ascii() {
+        use super::check_read_id;
+        assert!(check_read_id("018f2a6e-7b1c-7d3e-9a4b-2c1d0e9f8a7b").is_ok());
+        assert!(check_read_id("cli-8e1b92f1e22e4742").is_ok());
+        for bad in ["", "a\nb", "a\rb", "a b", "héllo", &"x".repeat(129)] {
+            assert!(check_read_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_read_id("a\nb").unwrap_err().contains("0x0a"));
+    }
+
     use super::*;
 
     #[test]

@@ -960,3 +960,61 @@ fn two_poll_event(id: &str, mode: &str, a: &str, b: &str, readers: &[(&str, &str
     }
     event
 }
+
+/// Issue #15's first finding: a read id with a newline made identity panic
+/// in the NATS client's header code at every re-delivery. It is dropped at
+/// intake now, and the next tap is decided as usual by the same process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_id_holds_a_newline_is_dropped_and_identity_stays_up() {
+    let bus = TestBus::start();
+    let event = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/event.toml");
+    ok(&bus.cli(&["load", event]));
+    let mut identity = bus.service("tagpoll-identity", &[], &[]);
+    let _tally = bus.service("tagpoll-tally", &[], &[]);
+    let js = async_nats::jetstream::new(bus.client().await);
+    let bad = v1::TagRead {
+        read_id: "bad\nid".into(),
+        device_id: "cli".into(),
+        reader_id: "coffee-left".into(),
+        tag_uid: vec![1, 2, 3, 4],
+        technology: v1::TagTechnology::Simulated as i32,
+        read_at: Some(tagpoll_proto::now()),
+        device_seq: 1,
+    };
+    // No headers from the body: a hostile box can do exactly this.
+    js.publish(
+        subjects::read("cli", "coffee-left"),
+        bad.encode_to_vec().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    tap(
+        &js,
+        "cli",
+        "coffee-left",
+        &[9, 9, 9, 9],
+        "after-the-bad-one",
+    )
+    .await;
+    let log = eventually(
+        Duration::from_secs(60),
+        "the good tap's outcome",
+        || async {
+            let log = vote_log(&js).await;
+            if log.iter().any(|o| o.read_id == "after-the-bad-one") {
+                Ok(log)
+            } else {
+                Err(format!("{} outcomes", log.len()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(log.len(), 1, "only the good tap is decided: {log:?}");
+    assert_eq!(
+        identity.revive_if_dead(),
+        None,
+        "identity must not have crashed"
+    );
+}

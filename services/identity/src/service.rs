@@ -340,6 +340,18 @@ impl Pipeline<'_> {
                 return;
             }
         };
+        // The read id goes into headers (a newline there makes the NATS
+        // client panic) and every later message: a read whose id is not
+        // visible ASCII can never be processed. Terminate it, loudly,
+        // instead of crashing on it at every re-delivery.
+        if let Err(why) = tagpoll_proto::ids::check_read_id(&read.read_id) {
+            tracing::error!(subject = %msg.subject, seq, error = %why, "dropping a read with a bad read id");
+            id.stats
+                .error(format!("read {seq} on {}: {why}", msg.subject));
+            inc(&id.counters.poison);
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
         // The subject is what NATS permissions check (a reader box may publish
         // only under its own device id); the body is whatever the box wrote.
         // A box must not get votes, or another box's feedback, by writing
