@@ -655,6 +655,24 @@ async fn an_outcome_refused_below_a_stored_one_is_decided_again() {
     .await;
 }
 
+/// The vote log once the outcome of `read_id` (a sentinel tapped after
+/// everything else) is in it.
+async fn vote_log_through(
+    js: &async_nats::jetstream::Context,
+    read_id: &str,
+    limit: Duration,
+) -> Vec<v1::VoteOutcome> {
+    eventually(limit, &format!("the outcome of {read_id}"), || async {
+        let log = vote_log(js).await;
+        if log.iter().any(|o| o.read_id == read_id) {
+            Ok(log)
+        } else {
+            Err(format!("{} outcomes", log.len()))
+        }
+    })
+    .await
+}
+
 /// All outcomes in the vote stream, in stream order.
 async fn vote_log(js: &async_nats::jetstream::Context) -> Vec<v1::VoteOutcome> {
     stream_messages(js, names::STREAM_VOTES)
@@ -895,19 +913,7 @@ async fn remaps_between_partitions_neither_drop_nor_double_a_read() {
     // Sentinel: a last tap after everything, decided once it is in, means
     // nothing decided before it is still on its way.
     tap(&js, "d", "ra", &[0xEE], "mv-sentinel").await;
-    let log = eventually(
-        Duration::from_secs(30),
-        "the sentinel's outcome",
-        || async {
-            let log = vote_log(&js).await;
-            if log.iter().any(|o| o.read_id == "mv-sentinel") {
-                Ok(log)
-            } else {
-                Err(format!("{} outcomes", log.len()))
-            }
-        },
-    )
-    .await;
+    let log = vote_log_through(&js, "mv-sentinel", Duration::from_secs(30)).await;
     let mut per_read: HashMap<&str, Vec<&v1::VoteOutcome>> = HashMap::new();
     for o in log.iter().filter(|o| !o.correction) {
         per_read.entry(o.read_id.as_str()).or_default().push(o);
@@ -998,19 +1004,7 @@ async fn a_read_whose_id_holds_a_newline_is_dropped_and_identity_stays_up() {
         "after-the-bad-one",
     )
     .await;
-    let log = eventually(
-        Duration::from_secs(60),
-        "the good tap's outcome",
-        || async {
-            let log = vote_log(&js).await;
-            if log.iter().any(|o| o.read_id == "after-the-bad-one") {
-                Ok(log)
-            } else {
-                Err(format!("{} outcomes", log.len()))
-            }
-        },
-    )
-    .await;
+    let log = vote_log_through(&js, "after-the-bad-one", Duration::from_secs(60)).await;
     assert_eq!(log.len(), 1, "only the good tap is decided: {log:?}");
     assert_eq!(
         identity.revive_if_dead(),

@@ -262,17 +262,17 @@ pub fn place(
     }
 }
 
-/// Decides `read` at tap moment `moment` against `config` and the voter's
-/// taps so far, as if it had arrived in moment order: the outcome, plus
-/// corrections of later taps it changes. Later taps are judged by
-/// `config`'s rules too: for a configuration that does not change (tests);
-/// the service uses [`classify`] and [`place`] with the rules in force at
-/// each tap's moment.
-pub fn decide(
+/// Decides `read` at tap moment `moment` against `config` (the
+/// configuration in force then) and the voter's taps so far, as if it had
+/// arrived in moment order: the outcome, plus corrections of later taps it
+/// changes. `poll_at(poll_id, moment)` is a poll's definition in force at a
+/// later tap's moment (its rules and labels).
+pub fn decide_at(
     config: &EventConfig,
     ballots: &Ballots,
     read: &v1::IdentifiedRead,
     moment: SystemTime,
+    mut poll_at: impl FnMut(&str, SystemTime) -> Option<v1::PollDefinition>,
 ) -> Placement {
     match classify(config, read, moment) {
         Decision::Final(outcome) => Placement {
@@ -281,9 +281,22 @@ pub fn decide(
         },
         Decision::Countable(vote) => {
             let poll_id = vote.poll.poll_id.clone();
-            place(ballots, vote, |_| config.polls.get(&poll_id).cloned())
+            place(ballots, vote, |m| poll_at(&poll_id, m))
         }
     }
+}
+
+/// [`decide_at`] for a configuration that does not change (tests): later
+/// taps are judged by `config`'s rules too.
+pub fn decide(
+    config: &EventConfig,
+    ballots: &Ballots,
+    read: &v1::IdentifiedRead,
+    moment: SystemTime,
+) -> Placement {
+    decide_at(config, ballots, read, moment, |poll_id, _| {
+        config.polls.get(poll_id).cloned()
+    })
 }
 
 fn reject(mut out: v1::VoteOutcome, reason: RejectReason, message: &str) -> v1::VoteOutcome {

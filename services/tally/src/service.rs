@@ -411,25 +411,13 @@ async fn decide_one(
         return Ok(());
     }
     let as_of = log.lock().as_of(w.moment);
-    let placement = {
-        let ballots = shared.ballots();
-        if ballots.is_decided(&w.read.read_id) {
-            tracing::debug!(parent: &span, "already decided");
-            return Ok(());
-        }
-        match rules::classify(&as_of.config, &w.read, w.moment) {
-            rules::Decision::Final(outcome) => rules::Placement {
-                outcome,
-                corrections: Vec::new(),
-            },
-            rules::Decision::Countable(vote) => {
-                let poll_id = vote.poll.poll_id.clone();
-                rules::place(&ballots, vote, |m| {
-                    log.lock().as_of(m).config.polls.get(&poll_id).cloned()
-                })
-            }
-        }
-    };
+    let placement = rules::decide_at(
+        &as_of.config,
+        &shared.ballots(),
+        &w.read,
+        w.moment,
+        |poll_id, m| log.lock().as_of(m).config.polls.get(poll_id).cloned(),
+    );
     let rules::Placement {
         mut outcome,
         mut corrections,

@@ -249,13 +249,9 @@ proptest! {
             let moment = tagpoll_proto::to_system_time(read.tapped_at.as_ref()).expect("moment");
             let place = |ballots: &Ballots, history: &mut ConfigHistory| {
                 let config = history.as_of(moment).config;
-                match rules::classify(&config, &read, moment) {
-                    rules::Decision::Final(outcome) => rules::Placement { outcome, corrections: vec![] },
-                    rules::Decision::Countable(vote) => {
-                        let poll_id = vote.poll.poll_id.clone();
-                        rules::place(ballots, vote, |m| history.as_of(m).config.polls.get(&poll_id).cloned())
-                    }
-                }
+                rules::decide_at(&config, ballots, &read, moment, |poll_id, m| {
+                    history.as_of(m).config.polls.get(poll_id).cloned()
+                })
             };
             let mut placed = place(&ballots, &mut history);
             // A crash after storing only some of the corrections (and not
