@@ -18,6 +18,13 @@ pub const STREAM_CONFIG_HISTORY: &str = "TAGPOLL_CONFIG_HISTORY";
 /// `tagpoll status` also sees senders that went silent.
 pub const STREAM_HEARTBEATS: &str = "TAGPOLL_HEARTBEATS";
 
+/// Dead letters (`tagpoll.dead.>`): a copy of every message a service
+/// terminated because it can never be processed (undecodable, a bad id or
+/// subject, out of deliveries), with why in [`HEADER_DEAD_REASON`] and where
+/// it came from in the other `Tagpoll-Dead-*` headers. Bounded; see
+/// `docs/security.md`.
+pub const STREAM_DEAD: &str = "TAGPOLL_DEAD";
+
 /// Durable consumer of [`STREAM_READS`] shared by identity instances.
 pub const CONSUMER_IDENTITY: &str = "identity";
 
@@ -33,6 +40,19 @@ pub const KV_IDENTITY_CACHE: &str = "tagpoll_identity_cache";
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 /// Carries the read id on every message derived from a tap, for tracing.
 pub const HEADER_READ_ID: &str = "Tagpoll-Read-Id";
+
+/// Why a dead letter was dead-lettered (visible ASCII, at most 1,000 bytes).
+pub const HEADER_DEAD_REASON: &str = "Tagpoll-Dead-Reason";
+/// The stream a dead letter was stored in before.
+pub const HEADER_DEAD_STREAM: &str = "Tagpoll-Dead-Stream";
+/// The subject a dead letter was published on.
+pub const HEADER_DEAD_SUBJECT: &str = "Tagpoll-Dead-Subject";
+/// The dead letter's sequence in [`HEADER_DEAD_STREAM`].
+pub const HEADER_DEAD_SEQUENCE: &str = "Tagpoll-Dead-Sequence";
+/// The service that dead-lettered it.
+pub const HEADER_DEAD_SERVICE: &str = "Tagpoll-Dead-Service";
+/// Set when the copied payload was cut short (value: its full length).
+pub const HEADER_DEAD_TRUNCATED: &str = "Tagpoll-Dead-Truncated";
 
 /// KV keys inside [`KV_CONFIG`].
 pub mod config_keys {

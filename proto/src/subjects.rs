@@ -103,6 +103,14 @@ pub fn xmpp_in(node: &str) -> String {
     s
 }
 
+/// Subject filter of [`crate::names::STREAM_DEAD`].
+pub const DEAD_ALL: &str = "tagpoll.dead.>";
+
+/// Where `service` puts what it dead-letters (its role may publish only there).
+pub fn dead(service: &str) -> String {
+    format!("tagpoll.dead.{service}")
+}
+
 /// Request/reply, scatter-gather: every service instance answers with its
 /// live state as a `Heartbeat`.
 pub const ADMIN_STATUS: &str = "tagpoll.admin.status";

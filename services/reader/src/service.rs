@@ -647,6 +647,7 @@ async fn heartbeat_loop(client: async_nats::Client, device_id: String, state: Sh
                 lag: st.spool_depth,
                 in_flight: u64::from(st.publishing),
                 counters: Default::default(),
+                spool_quarantined: 0,
             }
         };
         metrics.send_replace(hb.clone());
