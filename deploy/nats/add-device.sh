@@ -4,8 +4,9 @@
 #   deploy/nats/add-device.sh [--users FILE] [--secrets DIR] DEVICE
 #
 # The device may then only
-#   - publish taps on tagpoll.reads.DEVICE.> and heartbeats on
-#     tagpoll.heartbeat.device.DEVICE.>,
+#   - publish taps on tagpoll.reads.DEVICE.* and heartbeats on
+#     tagpoll.heartbeat.device.DEVICE.* (exactly one token more: the
+#     subject grammar; re-run this for devices added before that),
 #   - look up the tagpoll streams and buckets (tagpoll-reader does at start),
 #   - receive the feedback for taps on this box (tagpoll.feedback.DEVICE.>,
 #     for the LED/buzzer and the feedback hook) and replies on its own inbox
@@ -92,11 +93,11 @@ trap 'rm -f "$block" "$block.new"' EXIT
     echo "  # >>> device $device"
     echo "  {user: \"$user\", password: \"$hash\", permissions: {"
     echo "    publish: { allow: ["
-    for s in TAGPOLL_READS TAGPOLL_IDENTIFIED TAGPOLL_VOTES TAGPOLL_HEARTBEATS TAGPOLL_CONFIG_HISTORY KV_tagpoll_config KV_tagpoll_results; do
+    for s in TAGPOLL_READS TAGPOLL_IDENTIFIED TAGPOLL_VOTES TAGPOLL_HEARTBEATS TAGPOLL_CONFIG_HISTORY TAGPOLL_DEAD KV_tagpoll_config KV_tagpoll_results; do
         echo "      \"\$JS.API.STREAM.INFO.$s\""
     done
-    echo "      \"tagpoll.reads.$device.>\""
-    echo "      \"tagpoll.heartbeat.device.$device.>\""
+    echo "      \"tagpoll.reads.$device.*\""
+    echo "      \"tagpoll.heartbeat.device.$device.*\""
     echo "    ] }"
     echo "    subscribe: { allow: ["
     echo "      \"_INBOX.$user.>\""

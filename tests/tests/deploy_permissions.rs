@@ -251,6 +251,22 @@ async fn reader_credential_is_confined_to_its_own_device() {
     )
     .await;
 
+    // 1b. The subject grammar exactly (issue #15): a tap or heartbeat
+    // subject with extra tokens under its own prefix, and a dead letter.
+    for subject in [
+        "tagpoll.reads.hall-left.coffee-left.extra",
+        "tagpoll.heartbeat.device.hall-left.i1.extra",
+        "tagpoll.dead.hall-left",
+    ] {
+        dev.publish(subject, "x".into()).await.unwrap();
+        dev.flush().await.unwrap();
+        wait_for_error(
+            &errors,
+            &format!("Permissions Violation for Publish to \"{subject}\""),
+        )
+        .await;
+    }
+
     // 2. A vote (an outcome on the vote stream), through JetStream and plain.
     let forged = v1::VoteOutcome {
         read_id: "forged".into(),

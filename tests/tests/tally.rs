@@ -996,6 +996,28 @@ async fn a_read_whose_id_holds_a_newline_is_dropped_and_identity_stays_up() {
     .expect("publish")
     .await
     .expect("stored");
+    // More reads that can never be processed: a subject with an extra
+    // token (the body names a valid box: it must not be believed), a subject
+    // token that is no id, and bytes that are no protobuf.
+    let mut other = bad.clone();
+    other.read_id = "extra-token".into();
+    for (subject, payload) in [
+        (
+            "tagpoll.reads.cli.coffee-left.extra".to_string(),
+            other.encode_to_vec(),
+        ),
+        ("tagpoll.reads.cli.coffee%left".to_string(), {
+            other.read_id = "bad-reader-token".into();
+            other.encode_to_vec()
+        }),
+        (subjects::read("cli", "coffee-left"), vec![0xff, 0xff, 0xff]),
+    ] {
+        js.publish(subject, payload.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
     tap(
         &js,
         "cli",
@@ -1011,4 +1033,69 @@ async fn a_read_whose_id_holds_a_newline_is_dropped_and_identity_stays_up() {
         None,
         "identity must not have crashed"
     );
+    // Issue #15: the bad read is not just dropped, it is in the dead letters
+    // with why and where it came from, once, within 10 s.
+    let dead = dead_letters_within(&js, 4, Duration::from_secs(10)).await;
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|m| {
+            let r = m.headers.get(names::HEADER_DEAD_REASON).expect("a reason");
+            r.as_str().to_string()
+        })
+        .collect();
+    assert!(reasons[1].contains("is not tagpoll.reads."), "{reasons:?}");
+    assert!(
+        reasons[2].contains("reader id \"coffee%left\""),
+        "{reasons:?}"
+    );
+    assert!(reasons[3].contains("TagRead"), "{reasons:?}");
+    let h = &dead[0].headers;
+    let header = |name: &str| h.get(name).map(|v| v.as_str().to_string());
+    let reason = header(names::HEADER_DEAD_REASON).expect("a reason");
+    assert!(reason.contains("read id"), "{reason}");
+    assert_eq!(
+        header(names::HEADER_DEAD_STREAM).as_deref(),
+        Some(names::STREAM_READS)
+    );
+    assert_eq!(
+        header(names::HEADER_DEAD_SUBJECT),
+        Some(subjects::read("cli", "coffee-left"))
+    );
+    assert_eq!(
+        v1::TagRead::decode(dead[0].payload.as_ref()).unwrap(),
+        bad,
+        "the copy is the read as it was stored"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&bus.cli(&["status", "--json"]))).unwrap();
+    assert_eq!(status["dead_letters"], 4, "{status}");
+}
+
+/// Every message in `TAGPOLL_DEAD`, once it holds `want` (fails after `within`).
+async fn dead_letters_within(
+    js: &async_nats::jetstream::Context,
+    want: u64,
+    within: Duration,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(mut stream) = js.get_stream(names::STREAM_DEAD).await {
+            let n = stream.info().await.unwrap().state.messages;
+            assert!(n <= want, "{n} dead letters, expected {want}");
+            if n == want {
+                let mut all = Vec::new();
+                for seq in 1..=stream.info().await.unwrap().state.last_sequence {
+                    if let Ok(m) = stream.get_raw_message(seq).await {
+                        all.push(m);
+                    }
+                }
+                return all;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {want} dead letters within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod dead_letter;
 pub mod heartbeat;
 pub mod metrics;
 pub mod nats_server;

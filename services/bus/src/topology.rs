@@ -241,6 +241,31 @@ pub fn stream_configs(retention: &Retention) -> Vec<stream::Config> {
     ]
 }
 
+/// Most dead letters kept, and their bytes; beyond that the oldest go (a
+/// flood of garbage must not fill the disk the votes are on).
+pub const DEAD_MAX_MSGS: i64 = 100_000;
+pub const DEAD_MAX_BYTES: i64 = 256 * 1024 * 1024;
+
+/// [`names::STREAM_DEAD`]: copies of messages given up on
+/// ([`crate::dead_letter`]). They may hold raw taps, so they are kept no
+/// longer than the taps themselves; bounded in count and bytes.
+pub fn dead_letter_stream_config(retention: &Retention) -> stream::Config {
+    stream::Config {
+        name: names::STREAM_DEAD.to_string(),
+        description: Some("Messages given up on, with why (Tagpoll-Dead-Reason)".into()),
+        subjects: vec![subjects::DEAD_ALL.to_string()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: retention.reads,
+        max_messages: DEAD_MAX_MSGS,
+        max_bytes: DEAD_MAX_BYTES,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: retention.duplicate_window,
+        num_replicas: replicas(),
+        ..Default::default()
+    }
+}
+
 /// A stream whose `max_age` [`apply_retention`] changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionChange {
@@ -370,10 +395,10 @@ async fn results_bucket(js: &jetstream::Context) -> Result<kv::Store, BusError> 
 }
 
 async fn ensure_once(js: &jetstream::Context, retention: &Retention) -> Result<Buckets, BusError> {
-    for cfg in stream_configs(retention)
-        .into_iter()
-        .chain([heartbeat_stream_config()])
-    {
+    for cfg in stream_configs(retention).into_iter().chain([
+        heartbeat_stream_config(),
+        dead_letter_stream_config(retention),
+    ]) {
         let name = cfg.name.clone();
         js.get_or_create_stream(cfg)
             .await

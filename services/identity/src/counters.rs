@@ -33,8 +33,11 @@ pub struct Counters {
     /// Identified reads that may have waited in a spool but whose device clock is unknown or
     /// untrusted, so they count at arrival (`TAP_MOMENT_STORED_CLOCK_UNTRUSTED`).
     pub clock_untrusted: AtomicU64,
-    /// Undecodable reads terminated.
+    /// Reads that can never be processed (undecodable, a bad read id).
     pub poison: AtomicU64,
+    /// ... of which copied to the dead letters and terminated (heartbeat
+    /// counter `dead_lettered`, on `/metrics`).
+    pub dead_lettered: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
     /// Lookups that joined another lookup of the same tag already under way.
@@ -57,7 +60,7 @@ impl Counters {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "received={} identified={} unknown={} held={} clock_untrusted={} nak_unavailable={} \
-             nak_order={} nak_publish={} nak_moment={} poison={} cache_hits={} cache_misses={} \
+             nak_order={} nak_publish={} nak_moment={} poison={} dead_lettered={} cache_hits={} cache_misses={} \
              coalesced={} anymeta_calls={} anymeta_failures={} breaker_refusals={}",
             g(&self.received),
             g(&self.identified),
@@ -69,6 +72,7 @@ impl Counters {
             g(&self.nak_publish),
             g(&self.nak_moment),
             g(&self.poison),
+            g(&self.dead_lettered),
             g(&self.cache_hits),
             g(&self.cache_misses),
             g(&self.coalesced),

@@ -43,6 +43,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use prost::Message as _;
+use tagpoll_bus::dead_letter::DeadLetter;
 use tagpoll_bus::{BusError, config::EventConfig, heartbeat::Stats, publish};
 use tagpoll_proto::{names, subjects, v1};
 use tokio::sync::watch;
@@ -332,11 +333,8 @@ impl Pipeline<'_> {
         let mut read: v1::TagRead = match tagpoll_bus::decode(&msg.subject, &msg.payload) {
             Ok(r) => r,
             Err(e) => {
-                // Poison message: retrying cannot help. Terminate it, loudly.
-                tracing::error!(error = %e, seq, "dropping undecodable read");
-                id.stats.error(&e);
-                inc(&id.counters.poison);
-                let _ = msg.ack_with(AckKind::Term).await;
+                // Poison message: retrying cannot help.
+                self.give_up(&msg, seq, deliveries, &e.to_string()).await;
                 return;
             }
         };
@@ -345,20 +343,35 @@ impl Pipeline<'_> {
         // visible ASCII can never be processed. Terminate it, loudly,
         // instead of crashing on it at every re-delivery.
         if let Err(why) = tagpoll_proto::ids::check_read_id(&read.read_id) {
-            tracing::error!(subject = %msg.subject, seq, error = %why, "dropping a read with a bad read id");
-            id.stats
-                .error(format!("read {seq} on {}: {why}", msg.subject));
-            inc(&id.counters.poison);
-            let _ = msg.ack_with(AckKind::Term).await;
+            self.give_up(&msg, seq, deliveries, &why).await;
             return;
         }
         // The subject is what NATS permissions check (a reader box may publish
         // only under its own device id); the body is whatever the box wrote.
         // A box must not get votes, or another box's feedback, by writing
-        // another device into the body: the subject wins.
-        if let Some((device, reader)) = subjects::parse_read(&msg.subject)
-            && (read.device_id != device || read.reader_id != reader)
+        // another device into the body: the subject wins. A subject outside
+        // the grammar (`tagpoll.reads.{device}.{reader}`, both valid ids)
+        // names no box at all: such a read can never be processed.
+        let Some((device, reader)) = subjects::parse_read(&msg.subject) else {
+            let why = format!(
+                "subject {} is not tagpoll.reads.{{device}}.{{reader}}",
+                msg.subject
+            );
+            self.give_up(&msg, seq, deliveries, &why).await;
+            return;
+        };
+        if let Some(e) = [("device", device), ("reader", reader)]
+            .into_iter()
+            .find_map(|(what, id)| {
+                tagpoll_proto::ids::check_id(id)
+                    .err()
+                    .map(|e| format!("{what} id {id:?} in subject {} {e}", msg.subject))
+            })
         {
+            self.give_up(&msg, seq, deliveries, &e).await;
+            return;
+        }
+        if read.device_id != device || read.reader_id != reader {
             tracing::warn!(
                 subject = %msg.subject,
                 body_device = %read.device_id,
@@ -418,6 +431,40 @@ impl Pipeline<'_> {
             }
             .boxed(),
         );
+    }
+
+    /// A read that can never be processed: copied to the dead letters
+    /// (`TAGPOLL_DEAD`, with the reason and origin), then terminated so
+    /// nothing behind it waits. When the copy cannot be stored, the read is
+    /// handed back to come again later: it is never dropped unseen.
+    async fn give_up(&mut self, msg: &Message, seq: u64, deliveries: i64, why: &str) {
+        let id = self.identity;
+        tracing::error!(subject = %msg.subject, seq, error = %why, "dead-lettering a read that can never be processed");
+        id.stats
+            .error(format!("read {seq} on {}: {why}", msg.subject));
+        inc(&id.counters.poison);
+        let letter = DeadLetter {
+            service: "identity",
+            stream: names::STREAM_READS,
+            subject: msg.subject.as_str(),
+            sequence: seq,
+            payload: &msg.payload,
+            reason: why,
+        };
+        match letter.send(&id.js).await {
+            Ok(()) => {
+                inc(&id.counters.dead_lettered);
+                id.stats.count("dead_lettered");
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "could not store the dead letter; the read comes again");
+                let delay = id
+                    .options
+                    .nak_delay(id.options.retry_base, deliveries, None);
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
     }
 
     /// The read's tap moment: known at once unless the tap was held in its reader's spool,

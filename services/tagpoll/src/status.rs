@@ -81,6 +81,9 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     pub devices: Vec<DeviceStatus>,
     pub streams: Vec<StreamStatus>,
+    /// Messages in the dead letters (`TAGPOLL_DEAD`): what services gave up
+    /// on for good. Non-zero needs a look (`tagpoll status` says how).
+    pub dead_letters: u64,
 }
 
 fn secs_since(t: Option<&prost_types::Timestamp>, now: SystemTime) -> u64 {
@@ -189,6 +192,7 @@ pub fn assemble(
         services,
         devices,
         streams,
+        dead_letters: 0,
     }
 }
 
@@ -206,6 +210,7 @@ pub async fn gather(
         names::STREAM_IDENTIFIED,
         names::STREAM_VOTES,
         names::STREAM_HEARTBEATS,
+        names::STREAM_DEAD,
     ] {
         if let Ok(mut s) = js.get_stream(name).await
             && let Ok(info) = s.info().await
@@ -218,7 +223,10 @@ pub async fn gather(
             });
         }
     }
-    Ok(assemble(heartbeats, live, streams, now))
+    let dead_letters = tagpoll_bus::dead_letter::count(js).await?.unwrap_or(0);
+    let mut status = assemble(heartbeats, live, streams, now);
+    status.dead_letters = dead_letters;
+    Ok(status)
 }
 
 async fn last_heartbeats(
@@ -354,6 +362,15 @@ pub fn render(s: &Status) -> String {
         out.push_str(&format!(
             "  {:<20} {:>9} msgs {:>12} bytes {:>3} consumers\n",
             st.name, st.messages, st.bytes, st.consumers
+        ));
+    }
+    out.push_str(&format!("DEAD LETTERS {}\n", s.dead_letters));
+    if s.dead_letters > 0 {
+        out.push_str(&format!(
+            "  messages given up on for good: copies in stream {}, with why in header {} \
+             and their origin in the other Tagpoll-Dead-* headers (docs/security.md)\n",
+            names::STREAM_DEAD,
+            names::HEADER_DEAD_REASON
         ));
     }
     out
