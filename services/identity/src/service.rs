@@ -340,7 +340,7 @@ impl Pipeline<'_> {
         };
         // The read id goes into headers (a newline there makes the NATS
         // client panic) and every later message: a read whose id is not
-        // visible ASCII can never be processed. Terminate it, loudly,
+        // visible ASCII can never be processed. Dead-letter it, loudly,
         // instead of crashing on it at every re-delivery.
         if let Err(why) = tagpoll_proto::ids::check_read_id(&read.read_id) {
             self.give_up(&msg, seq, deliveries, &why).await;
